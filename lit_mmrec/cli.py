@@ -1,0 +1,81 @@
+"""The ``lit_mmrec`` command: LightningCLI over any RecommenderModule and the RecDataModule."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lit_mmrec.data import RecDataModule
+from lit_mmrec.metrics import RankingEvaluator, TopKPredictionWriter
+from lit_mmrec.models import RecommenderModule
+
+MONITOR = "val/recall@20"
+
+
+class RecommenderCLI(LightningCLI):
+    """LightningCLI with the evaluation, checkpoint, early-stopping and prediction callbacks always on.
+
+    * ``evaluation.*`` configures :class:`RankingEvaluator` (cut-offs ``ks``);
+    * ``checkpoint.*`` / ``early_stopping.*`` monitor ``val/recall@20`` (maximised) by default,
+      so the model is always picked by validation;
+    * ``prediction_writer.output_path`` is where ``predict`` writes each user's top-K;
+    * ``test_after_fit`` (default true) makes ``fit`` end by testing the best-validation checkpoint;
+    * ``n_users``, ``n_items`` and ``feature_dims`` are linked from the data module into the model.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(RankingEvaluator, "evaluation")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": MONITOR,
+            "checkpoint.mode": "max",
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "best-epoch{epoch:03d}",
+            "checkpoint.auto_insert_metric_name": False,
+        })
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults({"early_stopping.monitor": MONITOR, "early_stopping.mode": "max",
+                             "early_stopping.patience": 20})
+        parser.add_lightning_class_args(TopKPredictionWriter, "prediction_writer")
+        parser.add_argument("--test_after_fit", type=bool, default=True,
+                            help="after fit, evaluate the best-validation checkpoint on the test split")
+        parser.link_arguments("data.n_users", "model.init_args.n_users", apply_on="instantiate")
+        parser.link_arguments("data.n_items", "model.init_args.n_items", apply_on="instantiate")
+        parser.link_arguments("data.feature_dims", "model.init_args.feature_dims", apply_on="instantiate")
+
+    def after_fit(self) -> None:
+        if not self.config_init[self.subcommand].get("test_after_fit", True):
+            return
+        if self.trainer.interrupted:
+            return
+        checkpoint = self.trainer.checkpoint_callback
+        has_best = checkpoint is not None and bool(checkpoint.best_model_path)
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> RecommenderCLI:
+    """Parse ``args`` (default: ``sys.argv``) and, with ``run``, execute the subcommand."""
+    return RecommenderCLI(
+        RecommenderModule,
+        RecDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=False,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``lit_mmrec`` console script."""
+    logging.basicConfig(level=os.environ.get("LIT_MMREC_LOG_LEVEL", "INFO"),
+                        format="%(levelname)s %(name)s: %(message)s")
+    build_cli(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""The LightningDataModule: reads a dataset once, builds its graphs, and serves training and ranking batches."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from lit_mmrec.data.graphs import (
+    KnnWeighting,
+    RecGraphs,
+    cached_item_item_knn_graph,
+    default_cache_dir,
+    scipy_to_torch_csr,
+    sym_norm_adjacency,
+)
+from lit_mmrec.data.interactions import InteractionData
+from lit_mmrec.data.readers import DatasetSource
+from lit_mmrec.data.sampling import BPRTriplets, RankingBatches, keep_batch
+from lit_mmrec.data.synthetic import Synthetic
+
+log = logging.getLogger(__name__)
+
+
+class RecDataModule(L.LightningDataModule):
+    """Serves one recommendation dataset to every model.
+
+    Args:
+        dataset: where the data comes from (``MMRecAtomic``, ``DiffMMPickles`` or ``Synthetic``).
+        modalities: feature modalities to use, in order; ``None`` uses every one found.
+        knn_k: neighbours per item in the item-item KNN graphs.
+        knn_weighting: ``binary`` edges (DiffCL eq 19) or cosine-``similarity`` weights.
+        knn_include_self: whether an item may be its own neighbour (MMRec's FREEDOM/LATTICE: yes).
+        cache_dir: where KNN graphs are cached (default ``$LIT_MMREC_CACHE`` or ``~/.cache/lit_mmrec``);
+            set ``use_cache: false`` to always rebuild.
+        train_batch_size: BPR triplets per training step.
+        eval_batch_size: users per full-ranking batch.
+        predict_top_k: how many items ``lit_mmrec predict`` writes per user.
+        seed: seed of the negative sampler.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetSource | None = None,
+        modalities: list[str] | None = None,
+        knn_k: int = 10,
+        knn_weighting: KnnWeighting = "binary",
+        knn_include_self: bool = True,
+        cache_dir: str | None = None,
+        use_cache: bool = True,
+        train_batch_size: int = 2048,
+        eval_batch_size: int = 1024,
+        predict_top_k: int = 20,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.source = dataset if dataset is not None else Synthetic()
+        self.modalities = modalities
+        self.knn_k = knn_k
+        self.knn_weighting = knn_weighting
+        self.knn_include_self = knn_include_self
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.use_cache = use_cache
+        self.train_batch_size = train_batch_size
+        self.eval_batch_size = eval_batch_size
+        self.predict_top_k = predict_top_k
+        self.seed = seed
+        self._data: InteractionData | None = None
+        self.graphs: RecGraphs | None = None
+        self.train_set: BPRTriplets | None = None
+        self._ranking: dict[str, RankingBatches] = {}
+
+    # ---- facts about the data, read lazily so the CLI can link them into the model ----
+    @property
+    def data(self) -> InteractionData:
+        if self._data is None:
+            self._data = self.source.load().select_modalities(self.modalities)
+            log.info(
+                "loaded %s: %d users, %d items, %d/%d/%d interactions, modalities %s",
+                self._data.source, self._data.n_users, self._data.n_items, self._data.train.nnz,
+                self._data.valid.nnz, self._data.test.nnz, self._data.feature_dims,
+            )
+        return self._data
+
+    @property
+    def n_users(self) -> int:
+        return self.data.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.data.n_items
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        return self.data.feature_dims
+
+    @property
+    def name(self) -> str:
+        return self.source.fingerprint()
+
+    # ---- building ----
+    def setup(self, stage: str | None = None) -> None:
+        if self.graphs is not None:
+            return
+        data = self.data
+        item_item = {
+            name: scipy_to_torch_csr(
+                cached_item_item_knn_graph(
+                    features, self.knn_k, self.knn_weighting, self.knn_include_self,
+                    self.cache_dir if self.use_cache else None,
+                )
+            )
+            for name, features in data.features.items()
+        }
+        self.graphs = RecGraphs(
+            n_users=data.n_users,
+            n_items=data.n_items,
+            norm_adjacency=scipy_to_torch_csr(sym_norm_adjacency(data.train)),
+            train_interactions=scipy_to_torch_csr(data.train),
+            item_item=item_item,
+            features={name: torch.from_numpy(features) for name, features in data.features.items()},
+        )
+        self.train_set = BPRTriplets(data.train, seed=self.seed)
+        self._ranking = {
+            "valid": RankingBatches.for_split(data.train, data.valid, self.eval_batch_size),
+            "test": RankingBatches.for_split(data.train + data.valid, data.test, self.eval_batch_size),
+        }
+
+    def reseed_train_sampling(self, epoch: int, rank: int) -> None:
+        """Called at each epoch start: negatives become a function of (seed, epoch, rank)."""
+        if self.train_set is not None:
+            self.train_set.reseed(epoch, rank)
+
+    # ---- loaders ----
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set, batch_size=self.train_batch_size, shuffle=True, collate_fn=keep_batch, drop_last=False
+        )
+
+    def _ranking_loader(self, batches: RankingBatches) -> DataLoader:
+        return DataLoader(batches, batch_size=None, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._ranking_loader(self._ranking["valid"])
+
+    def test_dataloader(self) -> DataLoader:
+        return self._ranking_loader(self._ranking["test"])
+
+    def predict_dataloader(self) -> DataLoader:
+        users = np.arange(self.data.n_users, dtype=np.int64)
+        return self._ranking_loader(RankingBatches(users, self.data.train, None, self.eval_batch_size))

@@ -1,0 +1,151 @@
+"""Graph construction shared by all models: the normalised user-item adjacency and item-item KNN graphs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+KnnWeighting = Literal["binary", "similarity"]
+
+
+def scipy_to_torch_csr(matrix: sp.spmatrix) -> torch.Tensor:
+    """Convert a scipy sparse matrix to a float32 torch sparse CSR tensor (fastest spmm on CPU)."""
+    csr = sp.csr_matrix(matrix, dtype=np.float32)
+    csr.sort_indices()
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(csr.indptr.astype(np.int64)),
+        torch.from_numpy(csr.indices.astype(np.int64)),
+        torch.from_numpy(csr.data),
+        size=csr.shape,
+    )
+
+
+def symmetric_normalise(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """``D^-1/2 A D^-1/2`` with D the row sums of A; rows with zero degree stay zero."""
+    csr = sp.csr_matrix(matrix, dtype=np.float32)
+    degree = np.asarray(csr.sum(axis=1)).ravel()
+    inv_sqrt = np.zeros_like(degree)
+    nonzero = degree > 0
+    inv_sqrt[nonzero] = degree[nonzero] ** -0.5
+    scale = sp.diags(inv_sqrt)
+    return sp.csr_matrix(scale @ csr @ scale, dtype=np.float32)
+
+
+def bipartite_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
+    """The (n_users + n_items) square adjacency ``[[0, R], [R^T, 0]]`` of the interaction matrix R."""
+    return sp.bmat([[None, train], [train.T, None]], format="csr", dtype=np.float32)
+
+
+def sym_norm_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
+    """LightGCN's ``D^-1/2 A D^-1/2`` over the user-item bipartite graph; users first, then items."""
+    return symmetric_normalise(bipartite_adjacency(train))
+
+
+def item_item_knn_graph(
+    features: np.ndarray | torch.Tensor,
+    k: int = 10,
+    weighting: KnnWeighting = "binary",
+    include_self: bool = True,
+    block_size: int = 1024,
+) -> sp.csr_matrix:
+    """Top-k cosine-similarity neighbours of each item, symmetrically normalised (DiffCL eq 18-21).
+
+    Similarities are computed ``block_size`` rows at a time, so no items x items dense matrix is held.
+    Each row keeps its ``k`` most similar items (edges of weight 1 for ``binary``, the cosine
+    similarity for ``similarity``, negative similarities clipped to 0). With ``include_self`` the item
+    itself may be among its neighbours, as in MMRec's LATTICE/FREEDOM code, where self-similarity 1
+    always ranks first. The result is ``D^-1/2 S D^-1/2`` with D the row sums of S.
+    """
+    x = torch.as_tensor(features, dtype=torch.float32)
+    n_items = x.shape[0]
+    if not 0 < k < n_items + (1 if include_self else 0):
+        raise ValueError(f"knn k={k} must be between 1 and the number of candidate neighbours ({n_items})")
+    x = torch.nn.functional.normalize(x, dim=1)
+    rows, cols, values = [], [], []
+    for start in range(0, n_items, block_size):  # blocks of items, vectorised inside
+        block = x[start : start + block_size]
+        similarity = block @ x.T  # [block, n_items]
+        if not include_self:
+            local = torch.arange(len(block))
+            similarity[local, local + start] = -torch.inf
+        top_values, top_indices = similarity.topk(k, dim=1)
+        rows.append(torch.arange(start, start + len(block)).repeat_interleave(k))
+        cols.append(top_indices.reshape(-1))
+        values.append(top_values.reshape(-1))
+    row = torch.cat(rows).numpy()
+    col = torch.cat(cols).numpy()
+    if weighting == "binary":
+        weight = np.ones(len(row), dtype=np.float32)
+    elif weighting == "similarity":
+        weight = torch.cat(values).clamp_min(0.0).numpy()
+    else:
+        raise ValueError(f"knn weighting must be 'binary' or 'similarity', got {weighting!r}")
+    graph = sp.csr_matrix((weight, (row, col)), shape=(n_items, n_items), dtype=np.float32)
+    return symmetric_normalise(graph)
+
+
+def default_cache_dir() -> Path:
+    """``$LIT_MMREC_CACHE``, else ``$XDG_CACHE_HOME/lit_mmrec``, else ``~/.cache/lit_mmrec``."""
+    if "LIT_MMREC_CACHE" in os.environ:
+        return Path(os.environ["LIT_MMREC_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "lit_mmrec"
+
+
+def cached_item_item_knn_graph(
+    features: np.ndarray,
+    k: int,
+    weighting: KnnWeighting,
+    include_self: bool,
+    cache_dir: Path | None,
+) -> sp.csr_matrix:
+    """:func:`item_item_knn_graph`, cached on disk under a hash of the features and the parameters."""
+    if cache_dir is None:
+        return item_item_knn_graph(features, k, weighting, include_self)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(np.ascontiguousarray(features, dtype=np.float32).tobytes())
+    digest.update(f"{features.shape}|k={k}|w={weighting}|self={include_self}|v1".encode())
+    path = Path(cache_dir) / f"knn-{digest.hexdigest()}.npz"
+    if path.is_file():
+        return sp.load_npz(path).tocsr()
+    graph = item_item_knn_graph(features, k, weighting, include_self)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    sp.save_npz(temporary, graph)
+    os.replace(temporary, path)  # atomic, so concurrent processes never read a half-written file
+    return graph
+
+
+@dataclass
+class RecGraphs:
+    """Everything graph-shaped a model needs, as torch tensors on one device.
+
+    * ``norm_adjacency``: sparse CSR [(n_users + n_items)^2], ``D^-1/2 A D^-1/2``;
+    * ``item_item``: per modality, sparse CSR [n_items, n_items] normalised KNN graph;
+    * ``features``: per modality, dense float32 [n_items, d_m] raw item features;
+    * ``train_interactions``: sparse CSR [n_users, n_items] binary training matrix.
+    """
+
+    n_users: int
+    n_items: int
+    norm_adjacency: torch.Tensor
+    train_interactions: torch.Tensor
+    item_item: dict[str, torch.Tensor] = field(default_factory=dict)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> RecGraphs:
+        return RecGraphs(
+            self.n_users,
+            self.n_items,
+            self.norm_adjacency.to(device),
+            self.train_interactions.to(device),
+            {name: graph.to(device) for name, graph in self.item_item.items()},
+            {name: feature.to(device) for name, feature in self.features.items()},
+        )

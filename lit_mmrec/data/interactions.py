@@ -1,0 +1,108 @@
+"""The in-memory form every dataset reader produces: split interaction matrices plus item features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+
+class DataFormatError(ValueError):
+    """Raised when an input file is malformed; the message names the file, the field and the fix."""
+
+
+@dataclass(frozen=True)
+class InteractionData:
+    """Train/valid/test interactions as binary CSR matrices [n_users, n_items] and item features.
+
+    ``features`` maps a modality name (``image``, ``text``, ``audio`` ...) to a float32 array
+    [n_items, d_m] whose row i describes item i.
+    """
+
+    train: sp.csr_matrix
+    valid: sp.csr_matrix
+    test: sp.csr_matrix
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    source: str = "<memory>"
+
+    @property
+    def n_users(self) -> int:
+        return self.train.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.train.shape[1]
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        return {name: int(array.shape[1]) for name, array in self.features.items()}
+
+    def select_modalities(self, names: list[str] | None) -> InteractionData:
+        """Keep only the named modalities (all when ``names`` is None), in the given order."""
+        if names is None:
+            return self
+        unknown = [name for name in names if name not in self.features]
+        if unknown:
+            raise DataFormatError(
+                f"{self.source}: modalities {unknown} were requested but only {sorted(self.features)} "
+                f"are present; fix `data.modalities` or add the missing <modality>_feat.npy files"
+            )
+        return InteractionData(
+            self.train, self.valid, self.test, {name: self.features[name] for name in names}, self.source
+        )
+
+
+def binary_csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """A binary float32 CSR matrix with ones at (rows, cols); callers guarantee pairs are unique."""
+    values = np.ones(len(rows), dtype=np.float32)
+    matrix = sp.csr_matrix((values, (rows, cols)), shape=shape, dtype=np.float32)
+    matrix.sort_indices()
+    return matrix
+
+
+def check_features(features: dict[str, np.ndarray], n_items: int, origin: dict[str, str]) -> dict[str, np.ndarray]:
+    """Validate shape and finiteness of each modality; return float32 copies.
+
+    ``origin`` maps a modality to the file it came from, for error messages.
+    """
+    checked = {}
+    for name, array in features.items():
+        where = origin.get(name, name)
+        if array.ndim != 2:
+            raise DataFormatError(
+                f"{where}: feature array must be 2-D [n_items, dim], got shape {array.shape}; "
+                f"save one row per item"
+            )
+        if array.shape[0] != n_items:
+            raise DataFormatError(
+                f"{where}: has {array.shape[0]} rows but the interactions have {n_items} items; "
+                f"row i must describe item i, so the row count must equal the number of items"
+            )
+        if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
+            raise DataFormatError(f"{where}: feature dtype {array.dtype} is not numeric; store float32")
+        array32 = np.ascontiguousarray(array, dtype=np.float32)
+        finite = np.isfinite(array32)
+        if not finite.all():
+            bad_rows = np.unique(np.nonzero(~finite)[0])
+            raise DataFormatError(
+                f"{where}: {int((~finite).sum())} NaN or infinite values in rows "
+                f"{bad_rows[:10].tolist()}{' ...' if len(bad_rows) > 10 else ''}; "
+                f"clean or impute these features before training"
+            )
+        checked[name] = array32
+    return checked
+
+
+def check_splits(train: sp.csr_matrix, valid: sp.csr_matrix, test: sp.csr_matrix, source: str) -> None:
+    """Every split must be non-empty and all must share one shape."""
+    for split_name, matrix in (("train", train), ("valid", valid), ("test", test)):
+        if matrix.nnz == 0:
+            raise DataFormatError(
+                f"{source}: the {split_name} split is empty; every split needs at least one interaction"
+            )
+        if matrix.shape != train.shape:
+            raise DataFormatError(
+                f"{source}: the {split_name} split has shape {matrix.shape} but train has {train.shape}; "
+                f"all splits must be users x items over the same id space"
+            )

@@ -1,0 +1,139 @@
+"""Batches for training (BPR triplets with vectorised negative sampling) and for full-ranking evaluation."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch.utils.data import Dataset
+
+
+def interaction_keys(matrix: sp.csr_matrix) -> torch.Tensor:
+    """Sorted int64 keys ``user * n_items + item`` of a matrix's non-zeros, for membership tests."""
+    coo = matrix.tocoo()
+    keys = torch.from_numpy(coo.row.astype(np.int64) * matrix.shape[1] + coo.col.astype(np.int64))
+    return keys.sort().values
+
+
+def contains(sorted_keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of which ``queries`` occur in ``sorted_keys`` (binary search, vectorised)."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(queries, dtype=torch.bool)
+    position = torch.searchsorted(sorted_keys, queries).clamp_(max=sorted_keys.numel() - 1)
+    return sorted_keys[position] == queries
+
+
+def sample_negatives(
+    users: torch.Tensor, n_items: int, positive_keys: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Uniform items that are none of each user's positives; rejection rounds redraw only the clashes."""
+    negatives = torch.randint(n_items, users.shape, generator=generator)
+    clash = contains(positive_keys, users * n_items + negatives)
+    while clash.any():
+        redraw = torch.randint(n_items, (int(clash.sum()),), generator=generator)
+        negatives[clash] = redraw
+        clash[clash.clone()] = contains(positive_keys, users[clash] * n_items + redraw)
+    return negatives
+
+
+class BPRTriplets(Dataset):
+    """One epoch = every training interaction once, each with a fresh uniform negative.
+
+    Indexing is by interaction; the data loader's (distributed) sampler shuffles and shards the
+    indices, and ``__getitems__`` turns a whole batch of indices into ``[3, B]`` tensors at once.
+    """
+
+    def __init__(self, train: sp.csr_matrix, seed: int = 0) -> None:
+        coo = train.tocoo()
+        self.users = torch.from_numpy(coo.row.astype(np.int64))
+        self.items = torch.from_numpy(coo.col.astype(np.int64))
+        self.n_items = train.shape[1]
+        self.positive_keys = interaction_keys(train)
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def reseed(self, epoch: int, rank: int = 0) -> None:
+        """Make the negatives of an epoch a function of (seed, epoch, rank), so resumed runs repeat them."""
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch * 1009 + rank)
+
+    def __len__(self) -> int:
+        return self.users.numel()
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.__getitems__([index])[:, 0]
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        users = self.users[index]
+        negatives = sample_negatives(users, self.n_items, self.positive_keys, self.generator)
+        return torch.stack([users, self.items[index], negatives])  # [3, B]
+
+
+def keep_batch(batch: torch.Tensor) -> torch.Tensor:
+    """Collate function for datasets whose ``__getitems__`` already returns a whole batch."""
+    return batch
+
+
+class RankingBatch(NamedTuple):
+    """A batch of users for full ranking.
+
+    ``exclude_rows/exclude_cols`` are (row in batch, item) pairs to mask with -inf before ranking
+    (items already known to the user); ``target_rows/target_cols`` are the held-out items;
+    ``n_targets`` counts held-out items per user.
+    """
+
+    users: torch.Tensor
+    exclude_rows: torch.Tensor
+    exclude_cols: torch.Tensor
+    target_rows: torch.Tensor
+    target_cols: torch.Tensor
+    n_targets: torch.Tensor
+
+
+def _rows_as_pairs(matrix: sp.csr_matrix, users: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row in batch, item) pairs of the non-zeros of ``matrix[users]``."""
+    sub = matrix[users]
+    rows = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(sub.indptr))
+    return torch.from_numpy(rows), torch.from_numpy(sub.indices.astype(np.int64))
+
+
+class RankingBatches(Dataset):
+    """Precomputed full-ranking batches (one dataset element = one batch of users).
+
+    Users with no held-out item are skipped; ``exclude`` is the union of splits whose items must not
+    be recommended (train for validation; train + valid for test; train for predict).
+    """
+
+    def __init__(
+        self,
+        users: np.ndarray,
+        exclude: sp.csr_matrix,
+        targets: sp.csr_matrix | None,
+        batch_size: int,
+    ) -> None:
+        self.batches: list[RankingBatch] = []
+        for start in range(0, len(users), batch_size):  # batches, not users
+            block = users[start : start + batch_size]
+            exclude_rows, exclude_cols = _rows_as_pairs(exclude, block)
+            if targets is None:
+                empty = torch.empty(0, dtype=torch.long)
+                target_rows, target_cols, n_targets = empty, empty, torch.zeros(len(block), dtype=torch.long)
+            else:
+                target_rows, target_cols = _rows_as_pairs(targets, block)
+                n_targets = torch.from_numpy(np.diff(targets[block].indptr).astype(np.int64))
+            self.batches.append(
+                RankingBatch(torch.from_numpy(block), exclude_rows, exclude_cols, target_rows, target_cols, n_targets)
+            )
+
+    @classmethod
+    def for_split(cls, exclude: sp.csr_matrix, targets: sp.csr_matrix, batch_size: int) -> RankingBatches:
+        users = np.flatnonzero(np.diff(targets.indptr) > 0).astype(np.int64)
+        return cls(users, exclude, targets, batch_size)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> RankingBatch:
+        return self.batches[index]

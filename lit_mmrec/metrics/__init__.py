@@ -1,0 +1,18 @@
+"""Full-ranking metrics and the callbacks that compute, log and write them."""
+
+from lit_mmrec.metrics.callbacks import RankingEvaluator, TopKPredictionWriter
+from lit_mmrec.metrics.ranking import (
+    TopKRankingMetrics,
+    hit_matrix,
+    mask_scores,
+    ranking_metrics_per_user,
+)
+
+__all__ = [
+    "RankingEvaluator",
+    "TopKPredictionWriter",
+    "TopKRankingMetrics",
+    "hit_matrix",
+    "mask_scores",
+    "ranking_metrics_per_user",
+]

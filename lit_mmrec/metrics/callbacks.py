@@ -1,0 +1,123 @@
+"""Callbacks that turn a model's full-ranking scores into logged metrics and written recommendations."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+
+from lit_mmrec.data.sampling import RankingBatch
+from lit_mmrec.metrics.ranking import TopKRankingMetrics, hit_matrix, mask_scores
+
+log = logging.getLogger(__name__)
+
+
+class RankingEvaluator(Callback):
+    """Full-ranking evaluation on validation and test: logs ``val/recall@20``, ``test/ndcg@10``, ...
+
+    The model's ``validation_step``/``test_step`` returns raw scores [B, n_items] for a
+    :class:`RankingBatch`; this callback masks the items the user already has, takes the top
+    ``max(ks)``, looks the held-out items up with ``gather`` and accumulates
+    :class:`TopKRankingMetrics`. It also logs the best validation value of ``monitor`` so far
+    (``val/recall@20_best``) and the epoch it came from (``val/best_epoch``).
+    """
+
+    def __init__(self, ks: list[int] | None = None, monitor: str = "recall@20") -> None:
+        self.ks = sorted(set(ks or [10, 20]))
+        self.monitor = monitor
+        self.metrics = {stage: TopKRankingMetrics(self.ks) for stage in ("val", "test")}
+        self.best_value = -float("inf")
+        self.best_epoch = -1
+
+    def _start(self, stage: str, pl_module: L.LightningModule) -> None:
+        self.metrics[stage] = self.metrics[stage].to(pl_module.device)
+        self.metrics[stage].reset()
+
+    def _update(self, stage: str, scores: torch.Tensor, batch: RankingBatch) -> None:
+        metric = self.metrics[stage]
+        mask_scores(scores, batch.exclude_rows, batch.exclude_cols)
+        top_items = scores.topk(metric.max_k, dim=1).indices  # [B, max_k]
+        hits = hit_matrix(top_items, batch.target_rows, batch.target_cols, scores.shape[1])
+        metric.update(hits, batch.n_targets)
+
+    def _finish(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        results = {f"{stage}/{name}": value for name, value in self.metrics[stage].compute().items()}
+        pl_module.log_dict(results, sync_dist=False)  # already reduced across processes by the metric
+        return {name: float(value) for name, value in results.items()}
+
+    # validation
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start("val", pl_module)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update("val", outputs, batch)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        results = self._finish("val", trainer, pl_module)
+        if trainer.sanity_checking:
+            return
+        current = results[f"val/{self.monitor}"]
+        if current > self.best_value:
+            self.best_value, self.best_epoch = current, trainer.current_epoch
+        pl_module.log(f"val/{self.monitor}_best", self.best_value, prog_bar=True)
+        pl_module.log("val/best_epoch", float(self.best_epoch))
+
+    # test
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start("test", pl_module)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update("test", outputs, batch)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish("test", trainer, pl_module)
+
+    def state_dict(self) -> dict:
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_value = state_dict["best_value"]
+        self.best_epoch = state_dict["best_epoch"]
+
+
+class TopKPredictionWriter(BasePredictionWriter):
+    """Writes ``lit_mmrec predict`` output: one line per user, ``userID`` then its top-K item ids by rank.
+
+    ``output_path`` defaults to ``<trainer.default_root_dir>/predictions.tsv``; under several
+    processes each writes ``<stem>.rank<N><suffix>``.
+    """
+
+    def __init__(self, output_path: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_path = output_path
+        self._handle = None
+
+    def _path(self, trainer: L.Trainer) -> Path:
+        path = Path(self.output_path).expanduser() if self.output_path else Path(trainer.default_root_dir) / "predictions.tsv"
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        return path
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        path = self._path(trainer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = path.open("w", encoding="utf-8")
+        self._written_to = path
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        users, items = prediction
+        if self._handle.tell() == 0:
+            header = "\t".join(["userID"] + [f"top{rank + 1}" for rank in range(items.shape[1])])
+            self._handle.write(header + "\n")
+        table = torch.cat([users.unsqueeze(1), items], dim=1).cpu().numpy()  # [B, 1 + K]
+        np.savetxt(self._handle, table, fmt="%d", delimiter="\t")
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+            log.info("wrote top-k recommendations to %s", self._written_to)

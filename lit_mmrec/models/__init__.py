@@ -1,0 +1,7 @@
+"""Recommender LightningModules: the shared base, baselines, and the DiffCL and DASRec models."""
+
+from lit_mmrec.models.base import RecommenderModule
+from lit_mmrec.models.bpr import BPRMF
+from lit_mmrec.models.lightgcn import LightGCN
+
+__all__ = ["BPRMF", "LightGCN", "RecommenderModule"]

@@ -1,0 +1,161 @@
+"""The base LightningModule of every recommender: BPR training, full-ranking scoring, injected optimizer."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from lit_mmrec.data.graphs import RecGraphs
+from lit_mmrec.data.sampling import RankingBatch
+from lit_mmrec.metrics.ranking import mask_scores
+from lit_mmrec.models.components import bpr_loss, l2_regularisation
+
+
+def default_adam(parameters) -> torch.optim.Optimizer:
+    return torch.optim.Adam(parameters, lr=1e-3)
+
+
+class RecommenderModule(L.LightningModule):
+    """Shared training and evaluation logic; subclasses define ``forward`` and, if needed, extra losses.
+
+    ``forward()`` returns the final user and item representations ``([n_users, d], [n_items, d])``;
+    a score is their inner product. Training minimises ``training_losses`` (by default BPR plus
+    ``reg_weight`` times the L2 norm of the batch's input embeddings); every entry of that dict is
+    logged separately as ``train/<name>_loss``.
+
+    Graphs, features and the training matrix come from the data module at ``setup`` (as
+    ``self.graphs``, a :class:`RecGraphs` on the training device); they are not part of checkpoints.
+
+    Args:
+        n_users, n_items: linked from the data module by the CLI.
+        feature_dims: widths of the item feature modalities (linked from the data module);
+            ID-only models ignore it.
+        reg_weight: weight of the L2 regulariser on the batch's input embeddings.
+        optimizer: optimizer factory (``class_path``/``init_args`` in YAML); Adam(lr=1e-3) by default.
+        scheduler: optional learning-rate scheduler factory, stepped per epoch.
+    """
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        feature_dims: dict[str, int] | None = None,
+        reg_weight: float = 1e-4,
+        optimizer: OptimizerCallable = default_adam,
+        scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.n_users = n_users
+        self.n_items = n_items
+        self.feature_dims = dict(feature_dims or {})
+        self.reg_weight = reg_weight
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.graphs: RecGraphs | None = None
+        self._ranking_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # ---- data ----
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is None or getattr(datamodule, "graphs", None) is None:
+            raise RuntimeError(
+                f"{type(self).__name__} needs a RecDataModule (its graphs) to train or evaluate; "
+                f"pass one to the Trainer or run through `lit_mmrec`"
+            )
+        graphs: RecGraphs = datamodule.graphs
+        if (graphs.n_users, graphs.n_items) != (self.n_users, self.n_items):
+            raise ValueError(
+                f"model was built for {self.n_users} users x {self.n_items} items but the data has "
+                f"{graphs.n_users} x {graphs.n_items}; use the checkpoint with the dataset it was trained on"
+            )
+        self.graphs = graphs.to(self.trainer.strategy.root_device)
+        self.on_graphs_ready()
+
+    def on_graphs_ready(self) -> None:
+        """Hook for subclasses that derive tensors from ``self.graphs`` once per setup."""
+
+    # ---- model ----
+    @abstractmethod
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user [n_users, d] and item [n_items, d] representations."""
+
+    @abstractmethod
+    def input_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learnable user and item embedding tables that L2 regularisation applies to."""
+
+    def training_losses(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+        """Named, already weighted loss terms for one BPR batch; their sum is minimised."""
+        user_repr, item_repr = self()
+        u, p, n = user_repr[users], item_repr[positives], item_repr[negatives]
+        losses = {"bpr": bpr_loss((u * p).sum(dim=1), (u * n).sum(dim=1))}
+        if self.reg_weight > 0:
+            user_table, item_table = self.input_embeddings()
+            losses["reg"] = self.reg_weight * l2_regularisation(
+                user_table[users], item_table[positives], item_table[negatives]
+            )
+        return losses
+
+    # ---- training ----
+    def on_train_epoch_start(self) -> None:
+        self.trainer.datamodule.reseed_train_sampling(self.current_epoch, self.global_rank)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        users, positives, negatives = batch  # [3, B]
+        losses = self.training_losses(users, positives, negatives)
+        total = torch.stack(list(losses.values())).sum()
+        batch_size = users.shape[0]
+        self.log_dict({f"train/{name}_loss": value.detach() for name, value in losses.items()},
+                      on_step=False, on_epoch=True, batch_size=batch_size)
+        self.log("train/loss", total.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        return total
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                                         "interval": "epoch"}}
+
+    # ---- full ranking ----
+    @torch.no_grad()
+    def ranking_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """User representations and the item representations transposed, computed once per pass."""
+        user_repr, item_repr = self()
+        return user_repr, item_repr.T.contiguous()
+
+    def _cache_ranking(self) -> None:
+        self._ranking_cache = self.ranking_representations()
+
+    def _drop_ranking(self) -> None:
+        self._ranking_cache = None
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores [B, n_items] of every item for a batch of users (inside an evaluation pass)."""
+        if self._ranking_cache is None:
+            self._cache_ranking()
+        user_repr, item_repr_t = self._ranking_cache
+        return user_repr[users] @ item_repr_t
+
+    on_validation_epoch_start = _cache_ranking
+    on_test_epoch_start = _cache_ranking
+    on_predict_epoch_start = _cache_ranking
+    on_validation_epoch_end = _drop_ranking
+    on_test_epoch_end = _drop_ranking
+    on_predict_epoch_end = _drop_ranking
+
+    def validation_step(self, batch: RankingBatch, batch_idx: int) -> torch.Tensor:
+        return self.score(batch.users)
+
+    def test_step(self, batch: RankingBatch, batch_idx: int) -> torch.Tensor:
+        return self.score(batch.users)
+
+    def predict_step(self, batch: RankingBatch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k item ids [B, k] per user, training items excluded; k is the data module's ``predict_top_k``."""
+        scores = mask_scores(self.score(batch.users), batch.exclude_rows, batch.exclude_cols)
+        k = min(self.trainer.datamodule.predict_top_k, self.n_items)
+        return batch.users, scores.topk(k, dim=1).indices

@@ -1,0 +1,29 @@
+"""Loss functions shared by the models: BPR, embedding L2 regularisation and InfoNCE."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def bpr_loss(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> torch.Tensor:
+    """Mean of ``-log sigmoid(y_up - y_un)`` (BPR), computed stably with ``softplus``."""
+    return F.softplus(negative_scores - positive_scores).mean()
+
+
+def l2_regularisation(*embeddings: torch.Tensor) -> torch.Tensor:
+    """``sum_e ||e||^2 / (2 B)`` over the batch's embeddings, B the batch size (LightGCN's reference)."""
+    batch_size = embeddings[0].shape[0]
+    return sum(embedding.pow(2).sum() for embedding in embeddings) / (2.0 * batch_size)
+
+
+def info_nce(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE with cosine similarity: row i of ``view_a`` and ``view_b`` are positives, other rows negatives.
+
+    ``mean_i -log( exp(s(a_i, b_i)/t) / sum_j exp(s(a_i, b_j)/t) )`` with s the cosine similarity.
+    """
+    a = F.normalize(view_a, dim=1)
+    b = F.normalize(view_b, dim=1)
+    logits = a @ b.T / temperature  # [n, n]
+    targets = torch.arange(a.shape[0], device=a.device)
+    return F.cross_entropy(logits, targets)

@@ -1,0 +1,44 @@
+"""LightGCN (He et al., SIGIR 2020): linear propagation of ID embeddings over the user-item graph."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lit_mmrec.models.base import RecommenderModule
+from lit_mmrec.models.components import LayerCombination, combine_layers, propagate
+
+
+class LightGCN(RecommenderModule):
+    """``E^(l+1) = D^-1/2 A D^-1/2 E^(l)``; the final embedding combines layers 0..L.
+
+    Args:
+        embedding_dim: width of the ID embeddings (Xavier-uniform initialised, as in MMRec).
+        n_layers: propagation layers L.
+        layer_combination: ``mean`` (the paper's alpha_k = 1/(L+1), MMRec's default) or ``sum``.
+        **kwargs: see :class:`RecommenderModule` (``reg_weight``, ``optimizer``, ...).
+    """
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        embedding_dim: int = 64,
+        n_layers: int = 2,
+        layer_combination: LayerCombination = "mean",
+        **kwargs,
+    ) -> None:
+        super().__init__(n_users, n_items, **kwargs)
+        self.n_layers = n_layers
+        self.layer_combination = layer_combination
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, embedding_dim)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_items, embedding_dim)))
+
+    def input_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.user_embedding, self.item_embedding
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)  # [n_users + n_items, d]
+        layers = propagate(self.graphs.norm_adjacency, ego, self.n_layers)
+        final = combine_layers(layers, self.layer_combination)
+        return final[: self.n_users], final[self.n_users :]
