@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -16,15 +17,23 @@ KnnWeighting = Literal["binary", "similarity"]
 
 
 def scipy_to_torch_csr(matrix: sp.spmatrix) -> torch.Tensor:
-    """Convert a scipy sparse matrix to a float32 torch sparse CSR tensor (fastest spmm on CPU)."""
+    """Convert a scipy sparse matrix to a float32 torch sparse CSR tensor.
+
+    CSR is torch's fastest sparse-dense product on CPU; int32 indices (while nnz fits) take the
+    MKL/cuSPARSE kernels, measurably faster than int64 on this project's benchmark machine.
+    """
     csr = sp.csr_matrix(matrix, dtype=np.float32)
     csr.sort_indices()
-    return torch.sparse_csr_tensor(
-        torch.from_numpy(csr.indptr.astype(np.int64)),
-        torch.from_numpy(csr.indices.astype(np.int64)),
-        torch.from_numpy(csr.data),
-        size=csr.shape,
-    )
+    index_dtype = np.int32 if csr.nnz < np.iinfo(np.int32).max else np.int64
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(csr.indptr.astype(index_dtype)),
+            torch.from_numpy(csr.indices.astype(index_dtype)),
+            torch.from_numpy(csr.data),
+            size=csr.shape,
+            check_invariants=False,  # built from a sorted scipy CSR, valid by construction
+        )
 
 
 def symmetric_normalise(matrix: sp.spmatrix) -> sp.csr_matrix:

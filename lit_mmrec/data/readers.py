@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -109,7 +110,9 @@ class MMRecAtomic(DatasetSource):
             )
         wanted = [columns[self.USER], columns[self.ITEM], columns[self.LABEL]]
         try:
-            table = np.loadtxt(path, delimiter="\t", skiprows=1, usecols=wanted, dtype=np.int64, ndmin=2)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # empty files are reported below
+                table = np.loadtxt(path, delimiter="\t", skiprows=1, usecols=wanted, dtype=np.int64, ndmin=2)
         except ValueError as error:
             raise DataFormatError(
                 f"{path}: could not read integer {self.USER}/{self.ITEM}/{self.LABEL} values ({error}); "
@@ -153,7 +156,7 @@ class _SparseOnlyUnpickler(pickle.Unpickler):
         if (module, name) in self.ALLOWED or (module.startswith("numpy.dtypes") and name.endswith("DType")):
             return super().find_class(module, name)
         if module.startswith(self.ALLOWED_MODULE_PREFIXES) and name in self.ALLOWED_SPARSE:
-            return super().find_class(module, name)
+            return getattr(sp, name)  # public namespace: old pickles name private scipy modules
         raise DataFormatError(
             f"{self.path}: pickle refers to {module}.{name}, which is not a numpy or scipy.sparse matrix class; "
             f"refusing to load it (pickles can run code). Re-save the split as a scipy.sparse matrix"

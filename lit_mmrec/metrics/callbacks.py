@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
 from lit_mmrec.data.sampling import RankingBatch
-from lit_mmrec.metrics.ranking import TopKRankingMetrics, hit_matrix, mask_scores
+from lit_mmrec.metrics.ranking import METRIC_NAMES, TopKRankingMetrics, hit_matrix, mask_scores
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,10 @@ class RankingEvaluator(Callback):
 
     def __init__(self, ks: list[int] | None = None, monitor: str = "recall@20") -> None:
         self.ks = sorted(set(ks or [10, 20]))
+        available = [f"{name}@{k}" for name in METRIC_NAMES for k in self.ks]
+        if monitor not in available:
+            raise ValueError(f"evaluation monitor {monitor!r} is not computed; choose one of {available} "
+                             f"or add its cut-off to `ks`")
         self.monitor = monitor
         self.metrics = {stage: TopKRankingMetrics(self.ks) for stage in ("val", "test")}
         self.best_value = -float("inf")

@@ -15,7 +15,8 @@ from lit_mmrec.models.components import bpr_loss, l2_regularisation
 
 
 def default_adam(parameters) -> torch.optim.Optimizer:
-    return torch.optim.Adam(parameters, lr=1e-3)
+    """Adam(lr=1e-3), fused into one kernel per step (CPU and CUDA)."""
+    return torch.optim.Adam(parameters, lr=1e-3, fused=True)
 
 
 class RecommenderModule(L.LightningModule):

@@ -31,14 +31,15 @@ class LightGCN(RecommenderModule):
         super().__init__(n_users, n_items, **kwargs)
         self.n_layers = n_layers
         self.layer_combination = layer_combination
-        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, embedding_dim)))
-        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_items, embedding_dim)))
+        # one table, users first then items, so propagation needs no concatenation per step
+        self.embedding = nn.Parameter(torch.empty(n_users + n_items, embedding_dim))
+        nn.init.xavier_uniform_(self.embedding[:n_users])
+        nn.init.xavier_uniform_(self.embedding[n_users:])
 
     def input_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.user_embedding, self.item_embedding
+        return self.embedding[: self.n_users], self.embedding[self.n_users :]
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)  # [n_users + n_items, d]
-        layers = propagate(self.graphs.norm_adjacency, ego, self.n_layers)
+        layers = propagate(self.graphs.norm_adjacency, self.embedding, self.n_layers)
         final = combine_layers(layers, self.layer_combination)
         return final[: self.n_users], final[self.n_users :]

@@ -9,19 +9,48 @@ import torch
 LayerCombination = Literal["mean", "sum"]
 
 
-def propagate(adjacency: torch.Tensor, embeddings: torch.Tensor, n_layers: int) -> list[torch.Tensor]:
-    """``[E, A E, A^2 E, ...]``: the input and each of ``n_layers`` sparse propagations ``E <- A E``."""
+class _SparseMatmul(torch.autograd.Function):
+    """``A @ X`` for a constant sparse A, whose backward multiplies by a precomputed ``A^T``.
+
+    torch's own backward for a CSR product transposes A on every call, which costs more than the
+    product itself; graphs here are constant, so the transpose is built once (and for symmetric
+    graphs, such as ``D^-1/2 A D^-1/2``, it is A itself).
+    """
+
+    @staticmethod
+    def forward(ctx, adjacency: torch.Tensor, adjacency_t: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        ctx.adjacency_t = adjacency_t
+        return torch.sparse.mm(adjacency, dense)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad_dense = torch.sparse.mm(ctx.adjacency_t, grad_output) if ctx.needs_input_grad[2] else None
+        return None, None, grad_dense
+
+
+def sparse_matmul(adjacency: torch.Tensor, dense: torch.Tensor, adjacency_t: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """``adjacency @ dense``; pass ``adjacency_t`` (its transpose) unless ``adjacency`` is symmetric."""
+    return _SparseMatmul.apply(adjacency, adjacency if adjacency_t is None else adjacency_t, dense)
+
+
+def propagate(adjacency: torch.Tensor, embeddings: torch.Tensor, n_layers: int,
+              adjacency_t: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """``[E, A E, A^2 E, ...]``: the input and each of ``n_layers`` sparse propagations ``E <- A E``.
+
+    ``adjacency_t`` is A's transpose, needed for gradients unless A is symmetric.
+    """
     layers = [embeddings]
     for _ in range(n_layers):
-        layers.append(torch.sparse.mm(adjacency, layers[-1]))
+        layers.append(sparse_matmul(adjacency, layers[-1], adjacency_t))
     return layers
 
 
 def combine_layers(layers: list[torch.Tensor], how: LayerCombination) -> torch.Tensor:
     """Mean (LightGCN paper, alpha_k = 1/(K+1)) or sum (DiffCL eq 4) of the layer outputs."""
-    stacked = torch.stack(layers, dim=0)  # [n_layers + 1, n_nodes, dim]
-    if how == "mean":
-        return stacked.mean(dim=0)
-    if how == "sum":
-        return stacked.sum(dim=0)
-    raise ValueError(f"layer combination must be 'mean' or 'sum', got {how!r}")
+    if how not in ("mean", "sum"):
+        raise ValueError(f"layer combination must be 'mean' or 'sum', got {how!r}")
+    total = layers[0]
+    for layer in layers[1:]:  # running sum: no [n_layers + 1, n_nodes, dim] stack
+        total = total + layer
+    return total / len(layers) if how == "mean" else total

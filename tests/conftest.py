@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny synthetic data, a built data module, and the optional real data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lit_mmrec.data import RecDataModule, Synthetic
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """``$LIT_MMREC_DATA`` if set, else ``../shared/data`` beside the checkout; None when absent."""
+    candidate = Path(os.environ.get("LIT_MMREC_DATA", REPO_ROOT.parent / "shared" / "data"))
+    return candidate if candidate.is_dir() else None
+
+
+def require_dataset(name: str) -> Path:
+    root = shared_data_dir()
+    if root is None or not (root / name).is_dir():
+        pytest.skip(f"real dataset '{name}' not found (set LIT_MMREC_DATA or place ../shared/data)")
+    return root / name
+
+
+@pytest.fixture
+def tiny_source() -> Synthetic:
+    return Synthetic(n_users=60, n_items=40, n_interactions=900, n_factors=4,
+                     modalities={"image": 8, "text": 6}, seed=3)
+
+
+@pytest.fixture
+def tiny_datamodule(tiny_source: Synthetic, tmp_path: Path) -> RecDataModule:
+    datamodule = RecDataModule(tiny_source, knn_k=3, cache_dir=str(tmp_path / "cache"),
+                               train_batch_size=128, eval_batch_size=16)
+    datamodule.setup("fit")
+    return datamodule

@@ -1,0 +1,49 @@
+"""The data module: lazily read facts, graphs built once, and loaders with the right contents."""
+
+from __future__ import annotations
+
+import torch
+
+from lit_mmrec.data import RecDataModule
+
+
+def test_facts_and_graphs(tiny_datamodule: RecDataModule):
+    dm = tiny_datamodule
+    assert (dm.n_users, dm.n_items) == (60, 40)
+    assert dm.feature_dims == {"image": 8, "text": 6}
+    graphs = dm.graphs
+    assert graphs.norm_adjacency.shape == (100, 100)
+    assert graphs.norm_adjacency.layout == torch.sparse_csr
+    assert set(graphs.item_item) == {"image", "text"}
+    assert graphs.item_item["image"].shape == (40, 40)
+    # every item keeps exactly knn_k = 3 neighbours
+    assert (graphs.item_item["image"].crow_indices().diff() == 3).all()
+    assert graphs.features["text"].dtype == torch.float32
+
+
+def test_modality_selection(tiny_source, tmp_path):
+    dm = RecDataModule(tiny_source, modalities=["text"], cache_dir=str(tmp_path))
+    assert dm.feature_dims == {"text": 6}
+
+
+def test_train_loader_yields_triplets(tiny_datamodule: RecDataModule):
+    batches = list(tiny_datamodule.train_dataloader())
+    total = sum(batch.shape[1] for batch in batches)
+    assert total == tiny_datamodule.data.train.nnz
+    assert all(batch.shape[0] == 3 for batch in batches)
+
+
+def test_test_batches_exclude_train_and_valid(tiny_datamodule: RecDataModule):
+    data = tiny_datamodule.data
+    known = (data.train + data.valid).tocsr()
+    for batch in tiny_datamodule.test_dataloader():
+        for row, user in enumerate(batch.users.tolist()):
+            excluded = sorted(batch.exclude_cols[batch.exclude_rows == row].tolist())
+            assert excluded == known[user].indices.tolist()
+            targets = sorted(batch.target_cols[batch.target_rows == row].tolist())
+            assert targets == data.test[user].indices.tolist()
+
+
+def test_predict_covers_all_users(tiny_datamodule: RecDataModule):
+    users = torch.cat([batch.users for batch in tiny_datamodule.predict_dataloader()])
+    assert users.tolist() == list(range(60))

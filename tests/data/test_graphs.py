@@ -1,0 +1,91 @@
+"""Graph building against small hand-built examples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from lit_mmrec.data.graphs import (
+    cached_item_item_knn_graph,
+    item_item_knn_graph,
+    scipy_to_torch_csr,
+    sym_norm_adjacency,
+)
+
+
+def test_sym_norm_adjacency_matches_hand_computation():
+    # users 0, 1; items 0, 1, 2. user 0 -> items 0, 1; user 1 -> item 1.
+    train = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 0]], dtype=np.float32))
+    adjacency = sym_norm_adjacency(train).toarray()
+    # node order: u0, u1, i0, i1, i2; degrees: u0=2, u1=1, i0=1, i1=2, i2=0
+    expected = np.zeros((5, 5), dtype=np.float32)
+    expected[0, 2] = expected[2, 0] = 1 / np.sqrt(2 * 1)
+    expected[0, 3] = expected[3, 0] = 1 / np.sqrt(2 * 2)
+    expected[1, 3] = expected[3, 1] = 1 / np.sqrt(1 * 2)
+    np.testing.assert_allclose(adjacency, expected, rtol=1e-6)
+
+
+FEATURES = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.7, 0.7]], dtype=np.float32)
+
+
+def test_knn_binary_without_self_picks_most_similar_items():
+    graph = item_item_knn_graph(FEATURES, k=1, weighting="binary", include_self=False).toarray()
+    # nearest (cosine) neighbour of each item: 0->1, 1->0, 2->3, 3->2, 4->1 (0.707*... ties broken by value)
+    neighbours = graph.argmax(axis=1).tolist()
+    assert neighbours[:4] == [1, 0, 3, 2]
+    assert (graph > 0).sum(axis=1).tolist() == [1] * 5
+    # each row has one edge of weight 1, row degree 1 -> D^-1/2 S D^-1/2 keeps weight 1
+    np.testing.assert_allclose(graph.sum(axis=1), np.ones(5), rtol=1e-6)
+
+
+def test_knn_with_self_and_symmetric_normalisation():
+    graph = item_item_knn_graph(FEATURES, k=2, weighting="binary", include_self=True).toarray()
+    # self similarity 1 ranks first, so each item keeps itself and its nearest neighbour
+    assert np.all(np.diag(graph) > 0)
+    # binary, every row degree 2: all kept edges become 1 / sqrt(2 * 2) = 0.5
+    np.testing.assert_allclose(graph[graph > 0], 0.5, rtol=1e-6)
+
+
+def test_knn_similarity_weights_and_degree_normalisation():
+    graph = item_item_knn_graph(FEATURES, k=2, weighting="similarity", include_self=False)
+    raw = np.zeros((5, 5), dtype=np.float32)
+    unit = FEATURES / np.linalg.norm(FEATURES, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    for row in range(5):
+        top = np.argsort(-similarity[row])[:2]
+        raw[row, top] = similarity[row, top]
+    degree = raw.sum(axis=1)
+    expected = raw / np.sqrt(degree)[:, None] / np.sqrt(degree)[None, :]
+    np.testing.assert_allclose(graph.toarray(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_knn_blocks_do_not_change_the_result():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(37, 6)).astype(np.float32)
+    whole = item_item_knn_graph(features, k=4, block_size=1000)
+    blocked = item_item_knn_graph(features, k=4, block_size=5)
+    np.testing.assert_allclose(whole.toarray(), blocked.toarray(), rtol=1e-6)
+
+
+def test_knn_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="knn k"):
+        item_item_knn_graph(FEATURES, k=5, include_self=False)
+    with pytest.raises(ValueError, match="weighting"):
+        item_item_knn_graph(FEATURES, k=2, weighting="cosine")
+
+
+def test_knn_cache_roundtrip(tmp_path):
+    first = cached_item_item_knn_graph(FEATURES, 2, "binary", True, tmp_path)
+    files = list(tmp_path.glob("knn-*.npz"))
+    assert len(files) == 1
+    second = cached_item_item_knn_graph(FEATURES, 2, "binary", True, tmp_path)
+    np.testing.assert_array_equal(first.toarray(), second.toarray())
+    cached_item_item_knn_graph(FEATURES, 3, "binary", True, tmp_path)  # other parameters, other key
+    assert len(list(tmp_path.glob("knn-*.npz"))) == 2
+
+
+def test_scipy_to_torch_csr_roundtrip():
+    matrix = sp.random(7, 5, density=0.3, format="csr", dtype=np.float32, random_state=1)
+    np.testing.assert_allclose(scipy_to_torch_csr(matrix).to_dense().numpy(), matrix.toarray())

@@ -1,0 +1,57 @@
+"""Negative sampling and ranking batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from lit_mmrec.data.sampling import BPRTriplets, RankingBatches, contains, interaction_keys, sample_negatives
+
+
+def test_negatives_are_never_training_items():
+    # user 0 has all items but one: rejection must keep redrawing until it finds item 7
+    dense = np.zeros((3, 8), dtype=np.float32)
+    dense[0, :7] = 1
+    dense[1, [1, 2]] = 1
+    dense[2, 5] = 1
+    train = sp.csr_matrix(dense)
+    keys = interaction_keys(train)
+    users = torch.tensor([0] * 500 + [1] * 500 + [2] * 500)
+    negatives = sample_negatives(users, 8, keys, torch.Generator().manual_seed(0))
+    assert not contains(keys, users * 8 + negatives).any()
+    assert set(negatives[:500].tolist()) == {7}
+
+
+def test_triplet_batches_cover_every_interaction_once():
+    train = sp.random(20, 30, density=0.2, format="csr", dtype=np.float32, random_state=0)
+    train.data[:] = 1
+    dataset = BPRTriplets(train, seed=1)
+    batch = dataset.__getitems__(list(range(len(dataset))))
+    assert batch.shape == (3, train.nnz)
+    pairs = set(zip(batch[0].tolist(), batch[1].tolist()))
+    assert pairs == set(zip(*train.nonzero()))
+    keys = interaction_keys(train)
+    assert not contains(keys, batch[0] * 30 + batch[2]).any()
+
+
+def test_reseed_repeats_negatives():
+    train = sp.random(10, 50, density=0.1, format="csr", dtype=np.float32, random_state=0)
+    dataset = BPRTriplets(train, seed=5)
+    dataset.reseed(epoch=3)
+    first = dataset.__getitems__(list(range(len(dataset))))
+    dataset.reseed(epoch=3)
+    again = dataset.__getitems__(list(range(len(dataset))))
+    torch.testing.assert_close(first, again)
+
+
+def test_ranking_batches_skip_users_without_targets_and_mask_known_items():
+    train = sp.csr_matrix(np.array([[1, 0, 0, 1], [0, 1, 0, 0], [1, 1, 0, 0]], dtype=np.float32))
+    valid = sp.csr_matrix(np.array([[0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1]], dtype=np.float32))
+    batches = RankingBatches.for_split(train, valid, batch_size=10)
+    assert len(batches) == 1
+    batch = batches[0]
+    assert batch.users.tolist() == [0, 2]  # user 1 has no validation item
+    assert list(zip(batch.exclude_rows.tolist(), batch.exclude_cols.tolist())) == [(0, 0), (0, 3), (1, 0), (1, 1)]
+    assert list(zip(batch.target_rows.tolist(), batch.target_cols.tolist())) == [(0, 1), (1, 2), (1, 3)]
+    assert batch.n_targets.tolist() == [1, 2]

@@ -1,0 +1,103 @@
+"""End-to-end ``lit_mmrec fit`` / ``test`` / ``predict`` through the real CLI on tiny synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lit_mmrec.cli import build_cli
+from tests.conftest import REPO_ROOT, require_dataset
+
+TINY_DATA = [
+    "--data.dataset.class_path", "lit_mmrec.data.Synthetic",
+    "--data.dataset.init_args.n_users", "80",
+    "--data.dataset.init_args.n_items", "50",
+    "--data.dataset.init_args.n_interactions", "1200",
+    "--data.dataset.init_args.modalities", "{image: 8, text: 4}",
+    "--data.train_batch_size", "256",
+    "--data.eval_batch_size", "32",
+]
+
+
+def run_cli(*args: str) -> object:
+    return build_cli(list(args))
+
+
+def base_args(tmp_path: Path, experiment: str = "lightgcn_synthetic.yaml") -> list[str]:
+    return ["--config", str(REPO_ROOT / "configs" / "experiment" / experiment),
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+            "--data.cache_dir", str(tmp_path / "cache"), *TINY_DATA]
+
+
+def test_fit_test_predict(tmp_path: Path):
+    cli = run_cli("fit", *base_args(tmp_path), "--trainer.max_epochs", "3")
+    checkpoint = cli.trainer.checkpoint_callback
+    best = Path(checkpoint.best_model_path)
+    assert best.is_file() and best.name.startswith("best-epoch")
+    assert (best.parent / "last.ckpt").is_file()
+    # fit ended by testing the best-validation checkpoint
+    logged = cli.trainer.logged_metrics
+    assert {"test/recall@20", "test/ndcg@10", "test/precision@20", "test/hit@10"} <= set(logged)
+    metrics_csv = next(Path(cli.trainer.log_dir).glob("metrics.csv"))
+    header = next(csv.reader(metrics_csv.open()))
+    assert {"train/bpr_loss", "train/reg_loss", "val/recall@20", "val/recall@20_best", "val/best_epoch"} <= set(header)
+
+    tested = run_cli("test", *base_args(tmp_path), "--ckpt_path", str(best))
+    assert tested.trainer.logged_metrics["test/recall@20"] == pytest.approx(float(logged["test/recall@20"]))
+
+    output = tmp_path / "recs.tsv"
+    run_cli("predict", *base_args(tmp_path), "--ckpt_path", str(best),
+            "--prediction_writer.output_path", str(output), "--data.predict_top_k", "5")
+    lines = output.read_text().splitlines()
+    assert lines[0].split("\t") == ["userID", "top1", "top2", "top3", "top4", "top5"]
+    table = np.array([line.split("\t") for line in lines[1:]], dtype=np.int64)
+    assert table.shape == (80, 6)
+    assert table[:, 0].tolist() == list(range(80))
+    train = tested.datamodule.data.train
+    for user, *items in table:
+        assert len(set(items)) == 5
+        assert not set(items) & set(train[user].indices.tolist())  # training items excluded
+
+
+def test_resume_from_last_checkpoint(tmp_path: Path):
+    first = run_cli("fit", *base_args(tmp_path), "--trainer.max_epochs", "2", "--test_after_fit", "false")
+    last = Path(first.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+    resumed = run_cli("fit", *base_args(tmp_path), "--trainer.max_epochs", "4", "--test_after_fit", "false",
+                      "--ckpt_path", str(last))
+    assert resumed.trainer.current_epoch == 4
+    assert resumed.trainer.global_step == 2 * first.trainer.global_step
+
+
+def test_bpr_experiment_runs(tmp_path: Path):
+    cli = run_cli("fit", *base_args(tmp_path, "bpr_synthetic.yaml"), "--trainer.max_epochs", "1")
+    assert "test/recall@20" in cli.trainer.logged_metrics
+
+
+def test_console_script_help_lists_model_options():
+    result = subprocess.run([sys.executable, "-m", "lit_mmrec", "fit", "--model.help", "lit_mmrec.models.LightGCN"],
+                            capture_output=True, text=True, check=True)
+    assert "--model.n_layers" in result.stdout
+    assert "--model.layer_combination" in result.stdout
+    assert "mean" in result.stdout and "sum" in result.stdout
+
+
+def test_bad_monitor_is_reported(tmp_path: Path):
+    with pytest.raises(ValueError, match="not computed"):
+        run_cli("fit", *base_args(tmp_path), "--evaluation.ks", "[5]")
+
+
+@pytest.mark.real_data
+def test_short_real_data_run(tmp_path: Path, monkeypatch):
+    data_root = require_dataset("tiktok").parent
+    monkeypatch.setenv("LIT_MMREC_DATA", str(data_root))
+    cli = run_cli("fit", "--config", str(REPO_ROOT / "configs" / "experiment" / "lightgcn_tiktok.yaml"),
+                  "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+                  "--trainer.max_epochs", "2", "--data.cache_dir", str(tmp_path / "cache"))
+    metrics = cli.trainer.logged_metrics
+    assert cli.datamodule.n_users == 9308
+    assert 0.0 < float(metrics["test/recall@20"]) < 1.0
