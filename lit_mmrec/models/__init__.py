@@ -2,6 +2,7 @@
 
 from lit_mmrec.models.base import RecommenderModule
 from lit_mmrec.models.bpr import BPRMF
+from lit_mmrec.models.diffcl import DiffCL
 from lit_mmrec.models.lightgcn import LightGCN
 
-__all__ = ["BPRMF", "LightGCN", "RecommenderModule"]
+__all__ = ["BPRMF", "DiffCL", "LightGCN", "RecommenderModule"]

@@ -92,7 +92,13 @@ class RecommenderModule(L.LightningModule):
                         ) -> dict[str, torch.Tensor]:
         """Named, already weighted loss terms for one BPR batch; their sum is minimised."""
         user_repr, item_repr = self()
-        u, p, n = user_repr[users], item_repr[positives], item_repr[negatives]
+        return self.bpr_and_reg(user_repr[users], item_repr[positives], item_repr[negatives],
+                                users, positives, negatives)
+
+    def bpr_and_reg(self, u: torch.Tensor, p: torch.Tensor, n: torch.Tensor, users: torch.Tensor,
+                    positives: torch.Tensor, negatives: torch.Tensor) -> dict[str, torch.Tensor]:
+        """BPR on the batch's final representations ``u, p, n`` [B, d] and, with ``reg_weight`` > 0,
+        L2 on the rows of the input embedding tables they came from."""
         losses = {"bpr": bpr_loss((u * p).sum(dim=1), (u * n).sum(dim=1))}
         if self.reg_weight > 0:
             user_table, item_table = self.input_embeddings()

@@ -1,0 +1,260 @@
+"""DiffCL (Song et al.): diffusion-generated contrastive views, item-item KNN enhancement, ID-guided alignment."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from lit_mmrec.models.base import RecommenderModule
+from lit_mmrec.models.components import LayerCombination, combine_layers, info_nce, propagate, sparse_matmul
+from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, linear_noise_schedule
+
+UserModalityInput = Literal["aggregate", "learned"]
+
+
+class DiffCL(RecommenderModule):
+    """DiffCL for any number (>= 1) of item modalities; equation numbers are the paper's.
+
+    Representations
+        * **Graph encoder** (eq 3-4): one LightGCN propagation over ``D^-1/2 A D^-1/2`` for the ID
+          embeddings and one per modality, layer outputs combined by ``layer_combination`` (the paper
+          sums, eq 4). Item inputs of modality m are the raw features through ``Linear(d_m, d)``.
+        * **Item-item enhancement** (eq 18-23): ``item_item_layers`` aggregations of the projected item
+          features over the data module's normalised top-K KNN graph of modality m, added to the item
+          part of E_m (eq 23). The graphs come from the data module (never rebuilt here).
+        * **Fusion** (eq 24): ``E_f = mu E_1 + (1 - mu) E_2`` with a trainable mu initialised at 0.5 for
+          two modalities; for one modality E_f = E_1; for M > 2, softmax weights over M trainable
+          logits (initially uniform) -- a generalisation the paper does not cover.
+        * **Score** (eq 30): ``e_f^u . e_f^i + e_id^u . e_id^i`` (``forward`` concatenates [E_f, E_id]).
+
+    Losses (eq 32): ``BPR + L_cl + L_align + L_E`` plus the denoiser's own objective, where
+        * ``L_cl = lambda_cl * sum_m (L_u^m + L_i^m)`` (eq 13-17): two views of E_m, each the graph
+          encoder output noised to step ``view_step`` (eq 10-11) then denoised by the learnt reverse
+          process (eq 12); InfoNCE with cosine similarity and temperature ``tau``;
+        * ``L_align = lambda_align * sum_m (|mu_id - mu_m| + |sigma_id - sigma_m|)`` (eq 25-28);
+        * ``L_E = lambda_e * sum_m ||E_m||^2`` (eq 33), taken as the mean squared entry of E_m over the
+          batch's users and items, so the paper's lambda_E in [0.01, 1] is on the scale of the BPR loss;
+        * ``L_diff = diffusion_weight * mean (x0_hat(x_t, t) - x0)^2`` (x0-prediction, t uniform in 1..T,
+          target detached so the encoder is not pulled towards what the denoiser finds easy).
+
+    Choices the paper leaves open (each a config option):
+        * ``user_modality_input``: users' per-modality inputs. ``aggregate`` (default; MMRec's graph
+          models such as LATTICE/FREEDOM/LGMRec) = the mean of the projected features of the user's
+          training items, ``R_norm h_m``; ``learned`` = a free user embedding table per modality
+          (MMGCN/DualGNN style).
+        * Denoiser: DiffMM's MLP ``Linear(d + time_dim, hidden) -> tanh -> Linear(hidden, d)`` with a
+          sinusoidal step embedding, one per modality; ``denoiser_dropout`` (the paper's dropout 0.5)
+          applies to its input, as in DiffMM. ``diffusion_steps`` T = 5 and the view step ``view_step``
+          (default T) are DiffMM's usual sizes; Sigma_theta is fixed to the posterior variance and the
+          reverse process adds no noise unless ``sampling_noise`` (DiffMM).
+        * The InfoNCE denominators run over the unique users / positive items of the training batch
+          (SGL/MMRec practice; all-pairs over every user does not scale), and the views of a batch use
+          the current embeddings (gradients flow through both views and the denoiser).
+        * Gaussian parameters in L_align are the per-dimension mean and standard deviation over the
+          batch's users and items of the final ID and modality embeddings; |.| is the mean absolute
+          difference over dimensions.
+        * Diffusion views use E_m before the item-item enhancement (the paper's section order).
+
+    Ablations (paper Table III): ``use_diffusion_cl``, ``use_alignment``, ``use_item_item`` switch the three
+    components; a switched-off component contributes neither its loss term nor its effect on embeddings.
+    """
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        feature_dims: dict[str, int] | None = None,
+        embedding_dim: int = 64,
+        n_layers: int = 2,
+        layer_combination: LayerCombination = "sum",
+        user_modality_input: UserModalityInput = "aggregate",
+        use_diffusion_cl: bool = True,
+        use_alignment: bool = True,
+        use_item_item: bool = True,
+        item_item_layers: int = 1,
+        lambda_cl: float = 0.1,
+        lambda_align: float = 0.4,
+        lambda_e: float = 0.7,
+        tau: float = 0.4,
+        diffusion_steps: int = 5,
+        view_step: int | None = None,
+        noise_scale: float = 0.1,
+        noise_min: float = 0.0001,
+        noise_max: float = 0.02,
+        denoiser_hidden: int = 256,
+        denoiser_time_dim: int = 16,
+        denoiser_dropout: float = 0.5,
+        sampling_noise: bool = False,
+        diffusion_weight: float = 1.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(n_users, n_items, feature_dims=feature_dims, **kwargs)
+        if not self.feature_dims:
+            raise ValueError("DiffCL needs at least one item feature modality; the data module provided none")
+        self.modalities = list(self.feature_dims)
+        self.n_layers = n_layers
+        self.layer_combination = layer_combination
+        self.user_modality_input = user_modality_input
+        self.use_diffusion_cl = use_diffusion_cl
+        self.use_alignment = use_alignment
+        self.use_item_item = use_item_item
+        self.item_item_layers = item_item_layers
+        self.lambda_cl, self.lambda_align, self.lambda_e, self.tau = lambda_cl, lambda_align, lambda_e, tau
+        self.view_step = diffusion_steps if view_step is None else view_step
+        if not 1 <= self.view_step <= diffusion_steps:
+            raise ValueError(f"view_step must be in 1..diffusion_steps ({diffusion_steps}), got {view_step}")
+        self.sampling_noise = sampling_noise
+        self.diffusion_weight = diffusion_weight
+
+        self.id_embedding = nn.Parameter(torch.empty(n_users + n_items, embedding_dim))
+        nn.init.xavier_uniform_(self.id_embedding[:n_users])
+        nn.init.xavier_uniform_(self.id_embedding[n_users:])
+        self.projections = nn.ModuleDict({m: nn.Linear(d, embedding_dim) for m, d in self.feature_dims.items()})
+        for projection in self.projections.values():
+            nn.init.xavier_uniform_(projection.weight)
+            nn.init.zeros_(projection.bias)
+        if user_modality_input == "learned":
+            self.user_modality = nn.ParameterDict(
+                {m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, embedding_dim))) for m in self.modalities}
+            )
+        if len(self.modalities) == 2:
+            self.fusion_mu = nn.Parameter(torch.tensor(0.5))
+        elif len(self.modalities) > 2:
+            self.fusion_logits = nn.Parameter(torch.zeros(len(self.modalities)))
+        self.diffusion = GaussianDiffusion(linear_noise_schedule(diffusion_steps, noise_scale, noise_min, noise_max))
+        self.denoisers = nn.ModuleDict({
+            m: MLPDenoiser(embedding_dim, denoiser_hidden, denoiser_time_dim, denoiser_dropout) for m in self.modalities
+        })
+
+    # ---- graphs derived once per setup ----
+    def on_graphs_ready(self) -> None:
+        n_users = self.n_users
+        # user -> item mean aggregation R_norm = D_u^-1 R, for users' aggregated modality inputs
+        interactions = self.graphs.train_interactions.to_sparse_coo().coalesce()
+        rows, cols = interactions.indices()
+        degree = torch.bincount(rows, minlength=n_users).clamp(min=1).float()
+        values = 1.0 / degree[rows]
+        mean_rows = torch.sparse_coo_tensor(interactions.indices(), values, interactions.shape,
+                                            check_invariants=False).coalesce()
+        self.user_item_mean = mean_rows.to_sparse_csr()
+        self.user_item_mean_t = mean_rows.t().coalesce().to_sparse_csr()
+        self.item_item_t = {m: g.to_sparse_coo().t().coalesce().to_sparse_csr() for m, g in self.graphs.item_item.items()}
+
+    # ---- representation pieces ----
+    def _encode(self, embeddings: torch.Tensor) -> torch.Tensor:
+        layers = propagate(self.graphs.norm_adjacency, embeddings, self.n_layers)
+        return combine_layers(layers, self.layer_combination)
+
+    def modality_item_features(self, modality: str) -> torch.Tensor:
+        """Projected item features h_m [n_items, d]."""
+        return self.projections[modality](self.graphs.features[modality])
+
+    def modality_inputs(self, modality: str, item_features: torch.Tensor) -> torch.Tensor:
+        """E_m^(0) = [users; items] [n_users + n_items, d] for the graph encoder."""
+        if self.user_modality_input == "learned":
+            users = self.user_modality[modality]
+        else:
+            users = sparse_matmul(self.user_item_mean, item_features, self.user_item_mean_t)
+        return torch.cat([users, item_features], dim=0)
+
+    def item_item_enhancement(self, modality: str, item_features: torch.Tensor) -> torch.Tensor:
+        """A_m^(l): ``item_item_layers`` aggregations over the modality's KNN graph (eq 22)."""
+        graph = self.graphs.item_item[modality]
+        return propagate(graph, item_features, self.item_item_layers, self.item_item_t[modality])[-1]
+
+    def fusion_weights(self) -> torch.Tensor:
+        """Weights [M] of the modalities in E_f (eq 24)."""
+        if len(self.modalities) == 1:
+            return torch.ones(1, device=self.id_embedding.device)
+        if len(self.modalities) == 2:
+            return torch.stack([self.fusion_mu, 1 - self.fusion_mu])
+        return torch.softmax(self.fusion_logits, dim=0)
+
+    def encode_all(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """E_id, the encoder outputs E_m (before enhancement) and the final E_m (after), all [N, d]."""
+        id_final = self._encode(self.id_embedding)
+        encoded, final = {}, {}
+        for modality in self.modalities:
+            item_features = self.modality_item_features(modality)
+            encoded[modality] = self._encode(self.modality_inputs(modality, item_features))
+            if self.use_item_item:
+                enhancement = self.item_item_enhancement(modality, item_features)
+                final[modality] = torch.cat([encoded[modality][: self.n_users],
+                                             encoded[modality][self.n_users :] + enhancement])
+            else:
+                final[modality] = encoded[modality]
+        return id_final, encoded, final
+
+    def fuse(self, final: dict[str, torch.Tensor]) -> torch.Tensor:
+        weights = self.fusion_weights()
+        return sum(weight * final[m] for weight, m in zip(weights, self.modalities))
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        id_final, _, final = self.encode_all()
+        combined = torch.cat([self.fuse(final), id_final], dim=1)  # [N, 2d]: score = fused dot + ID dot
+        return combined[: self.n_users], combined[self.n_users :]
+
+    def input_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.id_embedding[: self.n_users], self.id_embedding[self.n_users :]
+
+    # ---- auxiliary objectives ----
+    def diffusion_view(self, modality: str, x0: torch.Tensor) -> torch.Tensor:
+        """One noise-then-denoise pass: x0 -> x_{view_step} -> reverse process -> view (eq 10-12)."""
+        t = torch.full((x0.shape[0],), self.view_step, dtype=torch.long, device=x0.device)
+        x_t = self.diffusion.q_sample(x0, t)
+        return self.diffusion.reverse(self.denoisers[modality], x_t, self.view_step, self.sampling_noise)
+
+    def denoising_loss(self, modality: str, x0: torch.Tensor) -> torch.Tensor:
+        """x0-prediction objective ``||x0_hat(x_t, t) - x0||^2``, t uniform in 1..T, target detached."""
+        target = x0.detach()
+        t = torch.randint(1, self.diffusion.steps + 1, (target.shape[0],), device=target.device)
+        prediction = self.denoisers[modality](self.diffusion.q_sample(target, t), t)
+        return (prediction - target).pow(2).mean()
+
+    def contrastive_loss(self, encoded: dict[str, torch.Tensor], users: torch.Tensor, items: torch.Tensor
+                         ) -> torch.Tensor:
+        """``sum_m (L_u^m + L_i^m)`` over two diffusion views of E_m (eq 13-16), unweighted."""
+        rows = torch.cat([users, items + self.n_users])
+        total = 0.0
+        for modality in self.modalities:
+            x0 = encoded[modality][rows]
+            view_a, view_b = self.diffusion_view(modality, x0), self.diffusion_view(modality, x0)
+            n_u = users.shape[0]
+            total = total + info_nce(view_a[:n_u], view_b[:n_u], self.tau) + info_nce(view_a[n_u:], view_b[n_u:], self.tau)
+        return total
+
+    def alignment_loss(self, id_final: torch.Tensor, final: dict[str, torch.Tensor], rows: torch.Tensor
+                       ) -> torch.Tensor:
+        """``sum_m |mu_id - mu_m| + |sigma_id - sigma_m|`` (eq 25-27), unweighted."""
+        id_rows = id_final[rows]
+        mean_id, std_id = id_rows.mean(dim=0), id_rows.std(dim=0)
+        total = 0.0
+        for modality in self.modalities:
+            rows_m = final[modality][rows]
+            total = total + (mean_id - rows_m.mean(dim=0)).abs().mean() + (std_id - rows_m.std(dim=0)).abs().mean()
+        return total
+
+    def training_losses(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+        id_final, encoded, final = self.encode_all()
+        combined = torch.cat([self.fuse(final), id_final], dim=1)
+        u = combined[users]
+        p = combined[positives + self.n_users]
+        n = combined[negatives + self.n_users]
+        losses = self.bpr_and_reg(u, p, n, users, positives, negatives)
+        unique_users = torch.unique(users)
+        unique_items = torch.unique(positives)
+        batch_rows = torch.cat([unique_users, unique_items + self.n_users])
+        if self.lambda_e > 0:
+            losses["emb"] = self.lambda_e * sum(final[m][batch_rows].pow(2).mean() for m in self.modalities)
+        if self.use_diffusion_cl:
+            losses["cl"] = self.lambda_cl * self.contrastive_loss(encoded, unique_users, unique_items)
+            if self.diffusion_weight > 0:
+                losses["diffusion"] = self.diffusion_weight * sum(
+                    self.denoising_loss(m, encoded[m][batch_rows]) for m in self.modalities
+                )
+        if self.use_alignment:
+            losses["align"] = self.lambda_align * self.alignment_loss(id_final, final, batch_rows)
+        return losses

@@ -1,0 +1,114 @@
+"""DiffCL components against the paper's equations, and the ablation switches."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from lit_mmrec.data import RecDataModule
+from lit_mmrec.metrics import RankingEvaluator
+from lit_mmrec.models import DiffCL
+
+
+def build(datamodule: RecDataModule, **kwargs) -> DiffCL:
+    torch.manual_seed(0)
+    model = DiffCL(datamodule.n_users, datamodule.n_items, feature_dims=datamodule.feature_dims,
+                   embedding_dim=8, **kwargs)
+    model.graphs = datamodule.graphs
+    model.on_graphs_ready()
+    return model
+
+
+def test_fusion_weights_start_at_one_half(tiny_datamodule):
+    model = build(tiny_datamodule)
+    torch.testing.assert_close(model.fusion_weights(), torch.tensor([0.5, 0.5]))
+    assert any(p is model.fusion_mu for p in model.parameters())
+
+
+def test_fusion_generalises_to_one_and_three_modalities(tiny_datamodule):
+    one = DiffCL(60, 40, feature_dims={"image": 8}, embedding_dim=4)
+    torch.testing.assert_close(one.fusion_weights(), torch.ones(1))
+    three = DiffCL(60, 40, feature_dims={"a": 2, "b": 2, "c": 2}, embedding_dim=4)
+    torch.testing.assert_close(three.fusion_weights(), torch.full((3,), 1 / 3))
+    with pytest.raises(ValueError, match="at least one"):
+        DiffCL(60, 40, feature_dims={})
+
+
+def test_aggregated_user_inputs_are_item_means(tiny_datamodule):
+    model = build(tiny_datamodule, user_modality_input="aggregate")
+    features = model.modality_item_features("image")
+    inputs = model.modality_inputs("image", features)
+    train = tiny_datamodule.data.train
+    user = 5
+    expected = features[train[user].indices].mean(dim=0)
+    torch.testing.assert_close(inputs[user], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(inputs[60:], features)
+
+
+def test_item_item_enhancement_is_knn_aggregation(tiny_datamodule):
+    model = build(tiny_datamodule, item_item_layers=2)
+    features = model.modality_item_features("text")
+    s = tiny_datamodule.graphs.item_item["text"].to_dense()
+    torch.testing.assert_close(model.item_item_enhancement("text", features), s @ (s @ features),
+                               rtol=1e-5, atol=1e-6)
+    id_final, encoded, final = model.encode_all()
+    torch.testing.assert_close(final["text"][:60], encoded["text"][:60])
+    torch.testing.assert_close(final["text"][60:], encoded["text"][60:] + s @ (s @ features), rtol=1e-5, atol=1e-5)
+
+
+def test_alignment_loss_matches_eq_27(tiny_datamodule):
+    model = build(tiny_datamodule)
+    rows = torch.arange(4)
+    id_final = torch.tensor([[0.0, 1.0], [2.0, 1.0], [0.0, 3.0], [2.0, 3.0]])
+    image = id_final + 1.0  # same spread, mean shifted by 1 -> |mu| term 1, |sigma| term 0
+    text = id_final * 2.0   # mean doubled, std doubled
+    loss = model.alignment_loss(id_final, {"image": image, "text": text}, rows)
+    mean, std = id_final.mean(0), id_final.std(0)
+    expected = 1.0 + ((mean - 2 * mean).abs().mean() + (std - 2 * std).abs().mean())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("switches", "present", "absent"),
+    [
+        ({}, {"bpr", "emb", "cl", "diffusion", "align"}, set()),
+        ({"use_diffusion_cl": False}, {"bpr", "align"}, {"cl", "diffusion"}),
+        ({"use_alignment": False}, {"bpr", "cl"}, {"align"}),
+        ({"use_diffusion_cl": False, "use_alignment": False, "use_item_item": False}, {"bpr"}, {"cl", "align"}),
+    ],
+)
+def test_switches_remove_exactly_their_loss_terms(tiny_datamodule, switches, present, absent):
+    model = build(tiny_datamodule, **switches)
+    batch = next(iter(tiny_datamodule.train_dataloader()))
+    losses = model.training_losses(*batch)
+    assert present <= set(losses) and not absent & set(losses)
+    assert all(torch.isfinite(value) for value in losses.values())
+
+
+def test_item_item_switch_removes_its_effect_on_embeddings(tiny_datamodule):
+    on, off = build(tiny_datamodule), build(tiny_datamodule, use_item_item=False)
+    off.load_state_dict(on.state_dict())
+    _, encoded_on, final_on = on.encode_all()
+    _, encoded_off, final_off = off.encode_all()
+    torch.testing.assert_close(final_off["image"], encoded_on["image"])
+    assert not torch.allclose(final_on["image"][60:], final_off["image"][60:])
+    torch.testing.assert_close(final_on["image"][:60], final_off["image"][:60])  # users untouched
+
+
+def test_diffusion_views_are_two_different_denoised_samples(tiny_datamodule):
+    model = build(tiny_datamodule, denoiser_dropout=0.0).eval()
+    x0 = torch.randn(10, 8)
+    a, b = model.diffusion_view("image", x0), model.diffusion_view("image", x0)
+    assert a.shape == x0.shape and not torch.allclose(a, b)
+
+
+def test_diffcl_trains_with_lightning(tiny_datamodule, tmp_path):
+    model = DiffCL(tiny_datamodule.n_users, tiny_datamodule.n_items, feature_dims=tiny_datamodule.feature_dims,
+                   embedding_dim=8)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[RankingEvaluator()], default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=tiny_datamodule)
+    assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
+    assert 0.0 <= float(trainer.callback_metrics["val/recall@20"]) <= 1.0

@@ -1,0 +1,52 @@
+"""Diffusion building blocks: the linear schedule (DiffCL eq 11), forward noising and the posterior."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, linear_noise_schedule
+
+
+def test_linear_schedule_matches_eq_11():
+    gamma_bar = linear_noise_schedule(steps=5, noise_scale=0.5, noise_min=0.1, noise_max=0.5)
+    # 1 - gamma_bar_t = s * (gmin + (t-1)/(T-1) * (gmax - gmin)) = 0.5 * (0.1, 0.2, 0.3, 0.4, 0.5)
+    torch.testing.assert_close(1 - gamma_bar, torch.tensor([0.05, 0.10, 0.15, 0.20, 0.25]))
+    single = linear_noise_schedule(steps=1, noise_scale=1.0, noise_min=0.2, noise_max=0.4)
+    torch.testing.assert_close(single, torch.tensor([0.8]))
+    with pytest.raises(ValueError):
+        linear_noise_schedule(steps=5, noise_scale=1.5, noise_min=0.1, noise_max=0.2)
+
+
+def test_forward_noising_and_posterior():
+    diffusion = GaussianDiffusion(linear_noise_schedule(3, 1.0, 0.1, 0.3))
+    bar = torch.tensor([0.9, 0.8, 0.7])
+    gamma = torch.tensor([0.9, 0.8 / 0.9, 0.7 / 0.8])
+    x0, noise = torch.tensor([[2.0]]), torch.tensor([[1.0]])
+    t = torch.tensor([2])
+    x_t = diffusion.q_sample(x0, t, noise)
+    torch.testing.assert_close(x_t, bar[1].sqrt() * x0 + (1 - bar[1]).sqrt() * noise)
+    # DDPM posterior for t = 2: mean coefficients and variance (DASRec eq 11-12)
+    coef_xt = gamma[1].sqrt() * (1 - bar[0]) / (1 - bar[1])
+    coef_x0 = bar[0].sqrt() * (1 - gamma[1]) / (1 - bar[1])
+    torch.testing.assert_close(diffusion.posterior_mean(x_t, x0, t), coef_xt * x_t + coef_x0 * x0)
+    torch.testing.assert_close(diffusion.posterior_variance[1], (1 - gamma[1]) * (1 - bar[0]) / (1 - bar[1]))
+    assert diffusion.posterior_variance[0].item() == 0.0
+
+
+def test_reverse_with_a_perfect_denoiser_recovers_x0():
+    diffusion = GaussianDiffusion(linear_noise_schedule(4, 1.0, 0.05, 0.4))
+    x0 = torch.randn(6, 3)
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x_t, t):
+            return x0
+
+    x_t = diffusion.q_sample(x0, torch.full((6,), 4))
+    torch.testing.assert_close(diffusion.reverse(Oracle(), x_t, 4), x0)
+
+
+def test_mlp_denoiser_shapes():
+    denoiser = MLPDenoiser(dim=5, hidden_dim=7, time_dim=4, dropout=0.0)
+    out = denoiser(torch.randn(3, 5), torch.tensor([1, 2, 3]))
+    assert out.shape == (3, 5)
