@@ -14,6 +14,14 @@ from lit_mmrec.metrics.ranking import mask_scores
 from lit_mmrec.models.components import bpr_loss, l2_regularisation
 
 
+def user_item_table(n_users: int, n_items: int, dim: int) -> torch.nn.Parameter:
+    """One learnable [n_users + n_items, dim] table (users first), each half Xavier-uniform as in MMRec."""
+    table = torch.empty(n_users + n_items, dim)
+    torch.nn.init.xavier_uniform_(table[:n_users])
+    torch.nn.init.xavier_uniform_(table[n_users:])
+    return torch.nn.Parameter(table)
+
+
 def default_adam(parameters) -> torch.optim.Optimizer:
     """Adam(lr=1e-3), fused into one kernel per step (CPU and CUDA)."""
     return torch.optim.Adam(parameters, lr=1e-3, fused=True)

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lit_mmrec.models.base import RecommenderModule
+from lit_mmrec.models.base import RecommenderModule, user_item_table
 from lit_mmrec.models.components import LayerCombination, combine_layers, info_nce, propagate, sparse_matmul
 from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, linear_noise_schedule
 
@@ -108,9 +108,7 @@ class DiffCL(RecommenderModule):
         self.sampling_noise = sampling_noise
         self.diffusion_weight = diffusion_weight
 
-        self.id_embedding = nn.Parameter(torch.empty(n_users + n_items, embedding_dim))
-        nn.init.xavier_uniform_(self.id_embedding[:n_users])
-        nn.init.xavier_uniform_(self.id_embedding[n_users:])
+        self.id_embedding = user_item_table(n_users, n_items, embedding_dim)
         self.projections = nn.ModuleDict({m: nn.Linear(d, embedding_dim) for m, d in self.feature_dims.items()})
         for projection in self.projections.values():
             nn.init.xavier_uniform_(projection.weight)

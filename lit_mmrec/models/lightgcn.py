@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from lit_mmrec.models.base import RecommenderModule
+from lit_mmrec.models.base import RecommenderModule, user_item_table
 from lit_mmrec.models.components import LayerCombination, combine_layers, propagate
 
 
@@ -32,9 +31,7 @@ class LightGCN(RecommenderModule):
         self.n_layers = n_layers
         self.layer_combination = layer_combination
         # one table, users first then items, so propagation needs no concatenation per step
-        self.embedding = nn.Parameter(torch.empty(n_users + n_items, embedding_dim))
-        nn.init.xavier_uniform_(self.embedding[:n_users])
-        nn.init.xavier_uniform_(self.embedding[n_users:])
+        self.embedding = user_item_table(n_users, n_items, embedding_dim)
 
     def input_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.embedding[: self.n_users], self.embedding[self.n_users :]
