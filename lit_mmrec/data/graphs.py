@@ -57,6 +57,45 @@ def sym_norm_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
     return symmetric_normalise(bipartite_adjacency(train))
 
 
+def generated_bipartite_graph(
+    users: torch.Tensor,
+    items: torch.Tensor,
+    n_users: int,
+    n_items: int,
+    keep_rate: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Normalised user-item graph from generated edges (u, i), as a torch sparse CSR [(U + I)^2].
+
+    Binary edges plus self-loops, ``D^-1/2 (A + I) D^-1/2`` (DASRec eq 23; DiffMM's ``buildUIMatrix``).
+    With ``keep_rate`` < 1 each undirected edge and each self-loop is then kept with that probability
+    and rescaled by ``1 / keep_rate`` (DiffMM's edge dropout; both directions of an edge drop together,
+    so the graph stays symmetric). Duplicated pairs count once. Built on the tensors' device.
+    """
+    device = users.device
+    n_nodes = n_users + n_items
+    pairs = torch.unique(users.long() * n_items + items.long())
+    users, items = pairs // n_items, pairs % n_items + n_users
+    loops = torch.arange(n_nodes, device=device)
+    degree = torch.bincount(torch.cat([users, items]), minlength=n_nodes).float() + 1.0  # + self-loop
+    inv_sqrt = degree.rsqrt()
+    edge_values = inv_sqrt[users] * inv_sqrt[items]
+    loop_values = inv_sqrt[loops] ** 2
+    if keep_rate < 1.0:
+        keep_edge = torch.rand(len(edge_values), generator=generator, device=device) < keep_rate
+        keep_loop = torch.rand(n_nodes, generator=generator, device=device) < keep_rate
+        users, items, edge_values = users[keep_edge], items[keep_edge], edge_values[keep_edge] / keep_rate
+        loops, loop_values = loops[keep_loop], loop_values[keep_loop] / keep_rate
+    rows = torch.cat([users, items, loops])
+    cols = torch.cat([items, users, loops])
+    values = torch.cat([edge_values, edge_values, loop_values])
+    graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_nodes, n_nodes),
+                                    check_invariants=False).coalesce()  # indices in range by construction
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return graph.to_sparse_csr()
+
+
 def item_item_knn_graph(
     features: np.ndarray | torch.Tensor,
     k: int = 10,

@@ -2,7 +2,8 @@
 
 from lit_mmrec.models.base import RecommenderModule
 from lit_mmrec.models.bpr import BPRMF
+from lit_mmrec.models.dasrec import DASRec
 from lit_mmrec.models.diffcl import DiffCL
 from lit_mmrec.models.lightgcn import LightGCN
 
-__all__ = ["BPRMF", "DiffCL", "LightGCN", "RecommenderModule"]
+__all__ = ["BPRMF", "DASRec", "DiffCL", "LightGCN", "RecommenderModule"]

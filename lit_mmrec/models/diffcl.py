@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lit_mmrec.models.base import RecommenderModule, user_item_table
@@ -56,6 +57,10 @@ class DiffCL(RecommenderModule):
           batch's users and items of the final ID and modality embeddings; |.| is the mean absolute
           difference over dimensions.
         * Diffusion views use E_m before the item-item enhancement (the paper's section order).
+        * ``normalise_item_features``: L2-normalise each item's projected features (DiffMM's
+          ``F.normalize(Trans(f))``). Off by default (MMRec's models project raw features); needed when
+          raw features are large and uncentred, as TikTok's image features are (row norms ~33), which
+          otherwise swamp the ID embeddings.
 
     Ablations (paper Table III): ``use_diffusion_cl``, ``use_alignment``, ``use_item_item`` switch the three
     components; a switched-off component contributes neither its loss term nor its effect on embeddings.
@@ -88,6 +93,7 @@ class DiffCL(RecommenderModule):
         denoiser_dropout: float = 0.5,
         sampling_noise: bool = False,
         diffusion_weight: float = 1.0,
+        normalise_item_features: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(n_users, n_items, feature_dims=feature_dims, **kwargs)
@@ -107,6 +113,7 @@ class DiffCL(RecommenderModule):
             raise ValueError(f"view_step must be in 1..diffusion_steps ({diffusion_steps}), got {view_step}")
         self.sampling_noise = sampling_noise
         self.diffusion_weight = diffusion_weight
+        self.normalise_item_features = normalise_item_features
 
         self.id_embedding = user_item_table(n_users, n_items, embedding_dim)
         self.projections = nn.ModuleDict({m: nn.Linear(d, embedding_dim) for m, d in self.feature_dims.items()})
@@ -146,8 +153,9 @@ class DiffCL(RecommenderModule):
         return combine_layers(layers, self.layer_combination)
 
     def modality_item_features(self, modality: str) -> torch.Tensor:
-        """Projected item features h_m [n_items, d]."""
-        return self.projections[modality](self.graphs.features[modality])
+        """Projected item features h_m [n_items, d], L2-normalised per item with ``normalise_item_features``."""
+        projected = self.projections[modality](self.graphs.features[modality])
+        return F.normalize(projected, dim=1) if self.normalise_item_features else projected
 
     def modality_inputs(self, modality: str, item_features: torch.Tensor) -> torch.Tensor:
         """E_m^(0) = [users; items] [n_users + n_items, d] for the graph encoder."""

@@ -1,6 +1,12 @@
 """Reusable building blocks shared by every model: graph propagation and losses."""
 
-from lit_mmrec.models.components.losses import bpr_loss, info_nce, l2_regularisation
-from lit_mmrec.models.components.propagation import LayerCombination, combine_layers, propagate, sparse_matmul
+from lit_mmrec.models.components.losses import bpr_loss, info_nce, info_nce_against, l2_regularisation
+from lit_mmrec.models.components.propagation import (
+    LayerCombination,
+    combine_layers,
+    dense_rows,
+    propagate,
+    sparse_matmul,
+)
 
-__all__ = ["LayerCombination", "bpr_loss", "combine_layers", "info_nce", "l2_regularisation", "propagate", "sparse_matmul"]
+__all__ = ["LayerCombination", "bpr_loss", "combine_layers", "dense_rows", "info_nce", "info_nce_against", "l2_regularisation", "propagate", "sparse_matmul"]

@@ -27,3 +27,17 @@ def info_nce(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float) -> 
     logits = a @ b.T / temperature  # [n, n]
     targets = torch.arange(a.shape[0], device=a.device)
     return F.cross_entropy(logits, targets)
+
+
+def info_nce_against(anchors: torch.Tensor, candidates: torch.Tensor, positives: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """InfoNCE of ``anchors`` [B, d] against every row of ``candidates`` [N, d]; ``positives`` [B] are
+    the indices of each anchor's positive in ``candidates`` (cosine similarity, temperature ``t``).
+
+    ``mean_b -log( exp(s(a_b, c_{p_b})/t) / sum_n exp(s(a_b, c_n)/t) )``: the all-nodes denominator of
+    DASRec eq 26-27 and DiffMM's ``contrastLoss``; :func:`info_nce` is the case ``candidates`` =
+    the batch's other view.
+    """
+    a = F.normalize(anchors, dim=1)
+    c = F.normalize(candidates, dim=1)
+    return F.cross_entropy(a @ c.T / temperature, positives)

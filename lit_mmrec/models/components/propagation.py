@@ -54,3 +54,21 @@ def combine_layers(layers: list[torch.Tensor], how: LayerCombination) -> torch.T
     for layer in layers[1:]:  # running sum: no [n_layers + 1, n_nodes, dim] stack
         total = total + layer
     return total / len(layers) if how == "mean" else total
+
+
+def dense_rows(matrix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` [B] of a sparse CSR ``matrix`` [n, m] as a dense [B, m] tensor, vectorised.
+
+    For per-batch work on interaction rows (diffusion over users' rows) without ever holding the
+    dense n x m matrix.
+    """
+    crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
+    rows = rows.to(crow.device)
+    starts = crow[rows].long()
+    counts = crow[rows + 1].long() - starts
+    batch_row = torch.repeat_interleave(torch.arange(len(rows), device=crow.device), counts)
+    first = torch.cumsum(counts, 0) - counts  # position of each row's first entry in the output list
+    position = torch.arange(int(counts.sum()), device=crow.device) - first[batch_row] + starts[batch_row]
+    out = torch.zeros(len(rows), matrix.shape[1], dtype=values.dtype, device=values.device)
+    out[batch_row, col[position].long()] = values[position]
+    return out

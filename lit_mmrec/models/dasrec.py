@@ -1,0 +1,456 @@
+"""DASRec (Han et al.): sparsity-aware interaction diffusion, modality attention, signal injection, cross-modal CL."""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_mmrec.data.graphs import generated_bipartite_graph
+from lit_mmrec.models.base import RecommenderModule, user_item_table
+from lit_mmrec.models.components import bpr_loss, dense_rows, info_nce, info_nce_against, propagate, sparse_matmul
+from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, fast_reverse, linear_noise_schedule
+
+SparsityReference = Literal["n_items", "max_degree"]
+ContrastiveNegatives = Literal["batch", "all"]
+AttentionActivation = Literal["tanh", "sigmoid"]
+
+
+def row_block(matrix: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Rows ``start:end`` of a sparse CSR matrix as a sparse CSR matrix (no copy of other rows)."""
+    crow = matrix.crow_indices()
+    first, last = int(crow[start]), int(crow[end])
+    return torch.sparse_csr_tensor(crow[start:end + 1] - first, matrix.col_indices()[first:last],
+                                   matrix.values()[first:last], (end - start, matrix.shape[1]),
+                                   check_invariants=False)
+
+
+class ModalityAttention(nn.Module):
+    """Per-user modality weights (eq 18): ``a_u^m = mean_h softmax_m(w_h^T sigma(W_h z_u^m + b_h))``.
+
+    ``heads`` independent scoring heads, each a one-hidden-layer network of width ``hidden_dim``;
+    each head's weights are a softmax over the M modalities, and the heads are averaged, so the
+    weights of a user always sum to one.
+    """
+
+    def __init__(self, dim: int, heads: int = 4, hidden_dim: int = 64, activation: AttentionActivation = "tanh"
+                 ) -> None:
+        super().__init__()
+        if heads < 1:
+            raise ValueError(f"attention needs at least one head, got {heads}")
+        self.heads, self.hidden_dim = heads, hidden_dim
+        self.project = nn.Linear(dim, heads * hidden_dim)
+        self.score = nn.Parameter(torch.empty(heads, hidden_dim))
+        nn.init.xavier_uniform_(self.project.weight)
+        nn.init.zeros_(self.project.bias)
+        nn.init.xavier_uniform_(self.score)
+        self.activation = torch.tanh if activation == "tanh" else torch.sigmoid
+
+    def forward(self, preferences: torch.Tensor) -> torch.Tensor:
+        """Weights [B, M] from per-modality preferences ``z`` [B, M, d]."""
+        batch, modalities, _ = preferences.shape
+        hidden = self.activation(self.project(preferences)).view(batch, modalities, self.heads, self.hidden_dim)
+        logits = (hidden * self.score).sum(dim=-1)  # [B, M, H]
+        return logits.softmax(dim=1).mean(dim=2)
+
+
+class DASRec(RecommenderModule):
+    """DASRec for any number (>= 1) of item modalities; equation numbers are the paper's.
+
+    Dynamic sparse diffusion (eq 2-16)
+        Diffusion runs over users' training-interaction rows ``alpha_u`` [n_items], built per batch of
+        users from the sparse matrix (never the dense users x items matrix). The schedule is eq 6:
+        ``1 - gamma_bar_t(u) = s_u * s * (gamma_min + (t - 1)/(T - 1) (gamma_max - gamma_min))`` with the
+        user's sparsity ``s_u = 1 - |alpha_u| / M`` (eq 3) and noise strength s = ``noise_scale``.
+        One x0-predicting MLP denoiser per modality (eq 14; DiffMM's ``Denoise``: input dropout,
+        ``Linear(n_items + time_dim, denoiser_hidden) -> tanh -> Linear(.., n_items)``), trained with
+        eq 16 ``||x0_hat(alpha_t, t) - alpha_0||^2``, t uniform in 1..T. Reverse steps use the
+        posterior of eq 10-12 with Sigma fixed to sigma^2(t) (eq 13).
+    Modality attention and signal injection (eq 17-20)
+        ``z_u^m = alpha_hat_u^m E^m`` (eq 17) from the denoiser's prediction and the modality's
+        projected item features; ``a_u = ModalityAttention(z_u)`` (eq 18, ``attention_heads`` heads);
+        ``z_u = sum_m a_u^m z_u^m`` (eq 19). Signal injection (eq 20) is the MSE between
+        ``alpha_hat E^m`` and ``alpha_0 E_id`` for each modality, plus the same MSE for the attention-fused
+        ``z_u`` (the paper's "semantic path built on the aggregated representation"); this fused term
+        is what trains the attention network.
+    Modality-aware graphs
+        At the start of every ``rebuild_every_n_epochs``-th epoch, each modality's denoiser reconstructs
+        every user's row (reverse process from the clean row, DiffMM's ``sampling_steps = 0``), the
+        ``graph_top_k`` highest predictions are candidates and those ``>= similarity_threshold`` become
+        edges of G^m; ``D^-1/2 (G^m + I) D^-1/2`` (eq 23). Training uses G^m after DiffMM's edge dropout
+        (``graph_keep_rate``, redrawn every epoch from the data module's seed and the epoch, so every
+        DDP process draws the same graph); evaluation uses G^m without dropout. The generated edges are
+        stored in checkpoints, so a restored model is evaluated on exactly the graph it was validated with.
+    Cross-modal contrastive learning (eq 21-28)
+        ``e^m = normalize(Linear(f^m))`` (eq 21); ``Z_m = G^m [E_u; e^m]`` (eq 22-23); ``n_layers``
+        propagations over the interaction graph, summed (eq 24-25). InfoNCE with cosine similarity and
+        temperature ``tau``: modality pairs as anchors (eq 26, each unordered pair once) and the main
+        view as anchor against every modality (eq 27), for users and items (eq 28).
+    Aggregated representation (eq 29-32)
+        ``z^m = G [E_u; e^m] + G [(G [E_u; e^m])_users; E_i] + modality_graph_weight * G^m [E_u; E_i]``
+        (first- and second-order interaction-graph terms plus the modality graph, DiffMM's
+        ``forward_MM``); ``h = sum_m softmax(k)_m z^m`` (eq 30, k initialised uniform); ``n_layers``
+        propagations summed plus ``omega * normalize(h)`` (eq 31-32).
+    Loss (eq 33-35)
+        ``BPR + lambda_cl * L_cl + reg_weight * ||Theta||^2`` with Theta the ID embedding tables (whole
+        tables, as DiffMM), plus ``diffusion_weight * L_diff + lambda_msi * L_msi``.
+
+    Choices the paper leaves open (each a config option; defaults follow DiffMM):
+        * One noise draw (step, Gaussian noise and input-dropout mask) per user row per training step,
+          shared by the modalities' denoisers (DiffMM draws one per denoiser; each denoiser still sees
+          eq 5's distribution, and it halves the random-number work).
+        * Schedule: the diffusion objective is interleaved with recommendation training -- each training
+          step diffuses the next ``n_users / steps_per_epoch`` users of a per-epoch permutation (each
+          DDP process its own share), so every user's row is diffused once per epoch, like DiffMM's
+          separate per-epoch diffusion pass, and every step trains every parameter. Denoiser inputs
+          (rows, item ID embeddings, projected features) are detached, so the diffusion and
+          signal-injection losses train only the denoisers and the attention (DiffMM's separate
+          optimisers, in one).
+        * ``reweight_steps``: eq 16 is unweighted (default); True uses DiffMM's SNR(t-1) - SNR(t) weights.
+        * ``sparsity_reference``: M in eq 3; ``n_items`` (the paper) or ``max_degree`` (the largest user
+          degree, which spreads s_u over [0, 1] instead of ~[0.98, 1]).
+        * Denoiser width ``denoiser_hidden`` (DiffMM: 1000), step embedding ``denoiser_time_dim``
+          (DiffMM: 10), input dropout ``denoiser_dropout`` (DiffMM: 0.5).
+        * ``graph_top_k`` (DiffMM's ``rebuild_k``: 1) candidates per user before the threshold.
+        * Signal-injection features: the projected (not normalised) item features, as DiffMM.
+        * Attention: ``attention_hidden`` width and ``attention_activation`` (sigma of eq 18).
+        * ``contrastive_negatives``: ``batch`` (default) contrasts against the batch's unique users /
+          items; ``all`` against every user / item (eq 26-27 literally, DiffMM's ``contrastLoss``; about
+          n_users / batch times the cost). Neither gathers across DDP processes: each process's loss is
+          that of its own batch, and DDP averages the gradients, as for any per-batch loss.
+        * ``modality_graph_weight`` (DiffMM ``ris_adj_lambda`` 0.2), ``omega`` (``ris_lambda`` 0.5).
+
+    Ablations (paper Table IV): ``sparsity_scaled_noise=False`` is DASRec-n's plain diffusion;
+    ``use_diffusion_graphs=False`` removes the diffusion and its graphs altogether (views and
+    aggregation use the interaction graph in place of G^m); ``use_modality_attention=False`` is DASRec-a
+    (uniform 1/M weights in eq 19).
+    """
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        feature_dims: dict[str, int] | None = None,
+        embedding_dim: int = 128,
+        n_layers: int = 1,
+        # dynamic sparse diffusion
+        use_diffusion_graphs: bool = True,
+        sparsity_scaled_noise: bool = True,
+        sparsity_reference: SparsityReference = "n_items",
+        diffusion_steps: int = 5,
+        noise_scale: float = 0.3,
+        noise_min: float = 0.0001,
+        noise_max: float = 0.02,
+        sampling_steps: int = 0,
+        reweight_steps: bool = False,
+        denoiser_hidden: int = 1000,
+        denoiser_time_dim: int = 10,
+        denoiser_dropout: float = 0.5,
+        diffusion_weight: float = 1.0,
+        # attention and signal injection
+        use_modality_attention: bool = True,
+        attention_heads: int = 4,
+        attention_hidden: int = 64,
+        attention_activation: AttentionActivation = "tanh",
+        lambda_msi: float = 0.1,
+        # modality-aware graphs
+        similarity_threshold: float = 0.6,
+        graph_top_k: int = 1,
+        graph_keep_rate: float = 0.5,
+        rebuild_every_n_epochs: int = 1,
+        rebuild_batch_size: int = 2048,
+        modality_graph_weight: float = 0.2,
+        omega: float = 0.5,
+        # contrastive learning
+        lambda_cl: float = 0.01,
+        tau: float = 0.5,
+        use_modality_anchor: bool = True,
+        use_main_anchor: bool = True,
+        contrastive_negatives: ContrastiveNegatives = "batch",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(n_users, n_items, feature_dims=feature_dims, **kwargs)
+        if not self.feature_dims:
+            raise ValueError("DASRec needs at least one item feature modality; the data module provided none")
+        if not 0.0 < graph_keep_rate <= 1.0:
+            raise ValueError(f"graph_keep_rate must be in (0, 1], got {graph_keep_rate}")
+        if not 0 <= sampling_steps <= diffusion_steps:
+            raise ValueError(f"sampling_steps must be in 0..diffusion_steps ({diffusion_steps}), got {sampling_steps}")
+        if graph_top_k < 1 or rebuild_every_n_epochs < 1:
+            raise ValueError("graph_top_k and rebuild_every_n_epochs must be >= 1")
+        self.modalities = list(self.feature_dims)
+        self.n_layers = n_layers
+        self.use_diffusion_graphs = use_diffusion_graphs
+        self.sparsity_scaled_noise = sparsity_scaled_noise
+        self.sparsity_reference = sparsity_reference
+        self.sampling_steps = sampling_steps
+        self.reweight_steps = reweight_steps
+        self.diffusion_weight = diffusion_weight
+        self.denoiser_dropout = denoiser_dropout
+        self.use_modality_attention = use_modality_attention
+        self.lambda_msi = lambda_msi
+        self.similarity_threshold = similarity_threshold
+        self.graph_top_k = min(graph_top_k, n_items)
+        self.graph_keep_rate = graph_keep_rate
+        self.rebuild_every_n_epochs = rebuild_every_n_epochs
+        self.rebuild_batch_size = rebuild_batch_size
+        self.modality_graph_weight = modality_graph_weight
+        self.omega = omega
+        self.lambda_cl, self.tau = lambda_cl, tau
+        self.use_modality_anchor, self.use_main_anchor = use_modality_anchor, use_main_anchor
+        self.contrastive_negatives = contrastive_negatives
+
+        self.id_embedding = user_item_table(n_users, n_items, embedding_dim)
+        self.projections = nn.ModuleDict({m: nn.Linear(d, embedding_dim) for m, d in self.feature_dims.items()})
+        for projection in self.projections.values():
+            nn.init.xavier_uniform_(projection.weight)
+            nn.init.zeros_(projection.bias)
+        self.modality_logits = nn.Parameter(torch.full((len(self.modalities),), 1.0 / len(self.modalities)))
+        if use_diffusion_graphs:
+            self.diffusion = GaussianDiffusion(linear_noise_schedule(diffusion_steps, noise_scale, noise_min, noise_max))
+            self.denoisers = nn.ModuleDict({
+                m: MLPDenoiser(n_items, denoiser_hidden, denoiser_time_dim, denoiser_dropout) for m in self.modalities
+            })
+            if use_modality_attention:
+                self.attention = ModalityAttention(embedding_dim, attention_heads, attention_hidden, attention_activation)
+        # generated modality graphs: edges (users, items) per modality, and the normalised graphs built from them
+        self._generated_edges: dict[str, torch.Tensor] | None = None
+        self._graphs_train: dict[str, torch.Tensor] = {}
+        self._graphs_eval: dict[str, torch.Tensor] = {}
+        self._diffusion_chunks: list[torch.Tensor] = []
+        self._batch_in_epoch = 0
+
+    # ---- data-derived tensors ----
+    def on_graphs_ready(self) -> None:
+        train = self.graphs.train_interactions
+        degree = (train.crow_indices()[1:] - train.crow_indices()[:-1]).float()
+        reference = float(self.n_items) if self.sparsity_reference == "n_items" else float(degree.max().clamp(min=1))
+        self.user_sparsity = 1.0 - degree / reference  # eq 3, [n_users]
+        self._graphs_train, self._graphs_eval = {}, {}
+
+    def user_rows(self, users: torch.Tensor) -> torch.Tensor:
+        """Training-interaction rows alpha_0 [B, n_items] of ``users``, densified per batch."""
+        return dense_rows(self.graphs.train_interactions, users)
+
+    def row_scale(self, users: torch.Tensor) -> torch.Tensor | None:
+        return self.user_sparsity[users] if self.sparsity_scaled_noise else None
+
+    # ---- modality features ----
+    def projected_features(self, modality: str) -> torch.Tensor:
+        """Trans(f^m) [n_items, d]."""
+        return self.projections[modality](self.graphs.features[modality])
+
+    # ---- diffusion (eq 2-20) ----
+    def diffusion_losses(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed x0 objective (eq 16) and signal-injection loss (eq 17-20) for a batch of users."""
+        x0 = self.user_rows(users)  # [B, n_items]
+        scale = self.row_scale(users)
+        item_ids = self.id_embedding[self.n_users:].detach()
+        structure = x0 @ item_ids  # alpha_0 E_id [B, d]
+        t = torch.randint(1, self.diffusion.steps + 1, (len(users),), device=x0.device)
+        x_t = self.diffusion.q_sample(x0, t, row_scale=scale)  # one draw per row, shared by the modalities
+        x_t = F.dropout(x_t, self.denoiser_dropout, self.training)  # DiffMM's input dropout, also shared
+        diffusion_loss = x0.new_zeros(())
+        signal_loss = x0.new_zeros(())
+        preferences = []
+        for modality in self.modalities:
+            x0_hat = self.denoisers[modality](x_t, t, input_dropout=False)
+            per_row = (x0_hat - x0).pow(2).mean(dim=1)
+            if self.reweight_steps:
+                per_row = per_row * self.step_weights(t, scale)
+            diffusion_loss = diffusion_loss + per_row.mean()
+            preference = x0_hat @ self.projected_features(modality).detach()  # z_u^m, eq 17 [B, d]
+            signal_loss = signal_loss + (preference - structure).pow(2).mean()  # eq 20
+            preferences.append(preference)
+        stacked = torch.stack(preferences, dim=1)  # [B, M, d]
+        weights = self.modality_attention_weights(stacked)  # [B, M]
+        fused = (weights.unsqueeze(-1) * stacked).sum(dim=1)  # eq 19
+        signal_loss = signal_loss + (fused - structure).pow(2).mean()
+        return diffusion_loss, signal_loss
+
+    def modality_attention_weights(self, preferences: torch.Tensor) -> torch.Tensor:
+        """a_u [B, M] (eq 18), or uniform 1/M without attention (DASRec-a)."""
+        if self.use_modality_attention:
+            return self.attention(preferences)
+        batch, modalities, _ = preferences.shape
+        return preferences.new_full((batch, modalities), 1.0 / modalities)
+
+    def step_weights(self, t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        """DiffMM's per-row weights SNR(t - 1) - SNR(t), and 1 at t = 1."""
+        terms = self.diffusion.step_terms(t, scale)
+        snr_t = (terms.bar / terms.noise_bar).squeeze(-1)
+        snr_prev = (terms.bar_prev / terms.noise_prev.clamp(min=1e-12)).squeeze(-1)
+        return torch.where(t == 1, torch.ones_like(snr_t), snr_prev - snr_t)
+
+    @torch.no_grad()
+    def generate_edges(self) -> dict[str, torch.Tensor]:
+        """Edges [2, E] (users; items) of each modality graph from the denoised rows of every user."""
+        device = self.id_embedding.device
+        edges = {}
+        for modality in self.modalities:
+            denoiser = self.denoisers[modality]
+            was_training = denoiser.training
+            denoiser.eval()
+            users_kept, items_kept = [], []
+            for start in range(0, self.n_users, self.rebuild_batch_size):
+                users = torch.arange(start, min(start + self.rebuild_batch_size, self.n_users), device=device)
+                scale = self.row_scale(users)
+                if self.sampling_steps > 0:
+                    t = torch.full((len(users),), self.sampling_steps, dtype=torch.long, device=device)
+                    x_start = self.diffusion.q_sample(self.user_rows(users), t, row_scale=scale)
+                else:  # the clean rows, kept sparse: the first product costs nnz x H, not B x n_items x H
+                    x_start = row_block(self.graphs.train_interactions, start, start + len(users))
+                x0_hat = fast_reverse(self.diffusion, denoiser, x_start, self.diffusion.steps, scale)
+                values, items = x0_hat.topk(self.graph_top_k, dim=1)  # [B, k]
+                keep = values >= self.similarity_threshold
+                users_kept.append(users.unsqueeze(1).expand_as(items)[keep])
+                items_kept.append(items[keep])
+            denoiser.train(was_training)
+            edges[modality] = torch.stack([torch.cat(users_kept), torch.cat(items_kept)])
+        return edges
+
+    def _build_graphs(self, keep_rate: float, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        device = self.id_embedding.device
+        return {
+            m: generated_bipartite_graph(e[0].to(device), e[1].to(device), self.n_users, self.n_items,
+                                         keep_rate, generator)
+            for m, e in self._generated_edges.items()
+        }
+
+    def modality_graphs(self) -> dict[str, torch.Tensor]:
+        """G^m per modality: the training graphs (edge dropout) in training, the full ones otherwise."""
+        if not self.use_diffusion_graphs:
+            return {m: self.graphs.norm_adjacency for m in self.modalities}
+        if self._generated_edges is None:
+            self._generated_edges = self.generate_edges()
+        if not self._graphs_eval:
+            self._graphs_eval = self._build_graphs(1.0, None)
+        if self.training and self._graphs_train:
+            return self._graphs_train
+        return self._graphs_eval
+
+    def _graph_generator(self, epoch: int) -> torch.Generator:
+        seed = getattr(self.trainer.datamodule, "seed", 0) if self._trainer is not None else 0
+        generator = torch.Generator(device=self.id_embedding.device)
+        generator.manual_seed(int(seed) * 1_000_003 + epoch)
+        return generator
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        if not self.use_diffusion_graphs:
+            return
+        epoch = self.current_epoch
+        if self._generated_edges is None or epoch % self.rebuild_every_n_epochs == 0:
+            self._generated_edges = self.generate_edges()
+            self._graphs_eval = {}
+        self._graphs_eval = self._graphs_eval or self._build_graphs(1.0, None)
+        self._graphs_train = self._build_graphs(self.graph_keep_rate, self._graph_generator(epoch)) \
+            if self.graph_keep_rate < 1.0 else self._graphs_eval
+        self._plan_diffusion_users(epoch)
+
+    def _plan_diffusion_users(self, epoch: int) -> None:
+        """Split this process's share of a per-epoch user permutation over the epoch's training steps."""
+        world, rank = self.trainer.world_size, self.global_rank
+        generator = torch.Generator().manual_seed(int(getattr(self.trainer.datamodule, "seed", 0)) + 7919 * epoch)
+        permutation = torch.randperm(self.n_users, generator=generator)
+        share = permutation[rank::world].to(self.id_embedding.device)
+        steps = max(1, min(int(self.trainer.num_training_batches), math.ceil(self.n_users / world)))
+        self._diffusion_chunks = list(torch.tensor_split(share, steps))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._batch_in_epoch = batch_idx
+
+    # ---- representations ----
+    def modality_inputs(self) -> dict[str, torch.Tensor]:
+        """[E_u; normalize(Trans(f^m))] [N, d] per modality (eq 21)."""
+        users = self.id_embedding[: self.n_users]
+        return {m: torch.cat([users, F.normalize(self.projected_features(m), dim=1)]) for m in self.modalities}
+
+    def aggregate(self, inputs: dict[str, torch.Tensor], graphs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Final representations H_bar [N, d] (eq 29-32)."""
+        adjacency = self.graphs.norm_adjacency
+        items = self.id_embedding[self.n_users:]
+        weights = torch.softmax(self.modality_logits, dim=0)
+        fused = 0.0
+        for weight, modality in zip(weights, self.modalities):
+            first = sparse_matmul(adjacency, inputs[modality])
+            second = sparse_matmul(adjacency, torch.cat([first[: self.n_users], items]))
+            z = first + second
+            if self.use_diffusion_graphs and self.modality_graph_weight:
+                z = z + self.modality_graph_weight * sparse_matmul(graphs[modality], self.id_embedding)
+            fused = fused + weight * z  # eq 30
+        layers = propagate(adjacency, fused, self.n_layers)  # eq 31
+        return sum(layers) + self.omega * F.normalize(fused, dim=1)  # eq 32
+
+    def contrastive_views(self, inputs: dict[str, torch.Tensor], graphs: dict[str, torch.Tensor]
+                          ) -> dict[str, torch.Tensor]:
+        """Z_bar_m [N, d] per modality (eq 22-25)."""
+        views = {}
+        for modality in self.modalities:
+            start = sparse_matmul(graphs[modality], inputs[modality])  # eq 22
+            views[modality] = sum(propagate(self.graphs.norm_adjacency, start, self.n_layers))  # eq 24-25
+        return views
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        final = self.aggregate(self.modality_inputs(), self.modality_graphs())
+        return final[: self.n_users], final[self.n_users:]
+
+    def input_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.id_embedding[: self.n_users], self.id_embedding[self.n_users:]
+
+    # ---- losses ----
+    def _nce(self, anchors: torch.Tensor, candidates: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        if self.contrastive_negatives == "all":
+            return info_nce_against(anchors[nodes], candidates, nodes, self.tau)
+        return info_nce(anchors[nodes], candidates[nodes], self.tau)
+
+    def contrastive_loss(self, final: torch.Tensor, views: dict[str, torch.Tensor], users: torch.Tensor,
+                         items: torch.Tensor) -> torch.Tensor:
+        """``L_cl = L_cl^user + L_cl^item`` (eq 26-28), unweighted."""
+        n_users = self.n_users
+        parts = []
+        if self.use_modality_anchor:
+            parts += [(views[a], views[b]) for a, b in combinations(self.modalities, 2)]  # eq 26
+        if self.use_main_anchor:
+            parts += [(final, views[m]) for m in self.modalities]  # eq 27
+        total = final.new_zeros(())
+        for anchor, other in parts:
+            total = total + self._nce(anchor[:n_users], other[:n_users], users)
+            total = total + self._nce(anchor[n_users:], other[n_users:], items)
+        return total
+
+    def training_losses(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+        inputs = self.modality_inputs()
+        graphs = self.modality_graphs()
+        final = self.aggregate(inputs, graphs)
+        u, p, n = final[users], final[positives + self.n_users], final[negatives + self.n_users]
+        losses = {"bpr": bpr_loss((u * p).sum(dim=1), (u * n).sum(dim=1))}  # eq 33-34
+        if self.reg_weight > 0:
+            losses["reg"] = self.reg_weight * self.id_embedding.pow(2).sum()  # lambda_2 ||Theta||^2
+        if self.lambda_cl > 0 and (self.use_modality_anchor or self.use_main_anchor):
+            views = self.contrastive_views(inputs, graphs)
+            batch_users = torch.unique(users) if self.contrastive_negatives == "batch" else users
+            batch_items = torch.unique(positives) if self.contrastive_negatives == "batch" else positives
+            losses["cl"] = self.lambda_cl * self.contrastive_loss(final, views, batch_users, batch_items)
+        if self.use_diffusion_graphs and self._diffusion_chunks:
+            chunk = self._diffusion_chunks[self._batch_in_epoch % len(self._diffusion_chunks)]
+            if len(chunk):
+                diffusion_loss, signal_loss = self.diffusion_losses(chunk)
+                losses["diffusion"] = self.diffusion_weight * diffusion_loss
+                losses["msi"] = self.lambda_msi * signal_loss
+        return losses
+
+    # ---- checkpoints carry the generated graphs ----
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._generated_edges is not None:
+            checkpoint["dasrec_generated_edges"] = {m: e.cpu() for m, e in self._generated_edges.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        edges = checkpoint.get("dasrec_generated_edges")
+        self._generated_edges = None if edges is None else dict(edges)
+        self._graphs_train, self._graphs_eval = {}, {}

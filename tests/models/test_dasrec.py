@@ -1,0 +1,267 @@
+"""DASRec components against the paper's equations on tiny inputs, the ablation switches, and checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lit_mmrec.data import RecDataModule
+from lit_mmrec.data.graphs import generated_bipartite_graph
+from lit_mmrec.metrics import RankingEvaluator
+from lit_mmrec.models import DASRec
+from lit_mmrec.models.components import info_nce, info_nce_against
+from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, fast_reverse, linear_noise_schedule
+from lit_mmrec.models.dasrec import ModalityAttention
+
+
+def build(datamodule: RecDataModule, **kwargs) -> DASRec:
+    torch.manual_seed(0)
+    options = dict(embedding_dim=8, denoiser_hidden=16, denoiser_time_dim=4, attention_hidden=6)
+    options.update(kwargs)
+    model = DASRec(datamodule.n_users, datamodule.n_items, feature_dims=datamodule.feature_dims, **options)
+    model.graphs = datamodule.graphs
+    model.on_graphs_ready()
+    return model
+
+
+# ---- dynamic sparse diffusion (eq 3-16) ----
+def test_user_sparsity_is_eq_3(tiny_datamodule):
+    model = build(tiny_datamodule)
+    train = tiny_datamodule.data.train
+    degree = torch.tensor(train.getnnz(axis=1), dtype=torch.float32)
+    torch.testing.assert_close(model.user_sparsity, 1 - degree / 40)
+    by_max = build(tiny_datamodule, sparsity_reference="max_degree")
+    torch.testing.assert_close(by_max.user_sparsity, 1 - degree / degree.max())
+
+
+def test_sparsity_scaled_schedule_is_eq_6():
+    s, g_min, g_max, steps = 0.3, 0.001, 0.02, 5
+    diffusion = GaussianDiffusion(linear_noise_schedule(steps, s, g_min, g_max))
+    s_u = torch.tensor([0.5, 0.9, 1.0])
+    for t in range(1, steps + 1):
+        terms = diffusion.step_terms(torch.full((3,), t), s_u)
+        linear = g_min + (t - 1) / (steps - 1) * (g_max - g_min)
+        torch.testing.assert_close(terms.noise_bar.squeeze(1), s_u * s * linear)
+        torch.testing.assert_close(terms.bar.squeeze(1), 1 - s_u * s * linear)
+    # q_sample draws alpha_t = sqrt(gamma_bar) alpha_0 + sqrt(1 - gamma_bar) eps with the user's schedule
+    x0, noise = torch.ones(3, 4), torch.randn(3, 4)
+    t = torch.tensor([5, 5, 5])
+    expected = (1 - s_u * s * g_max).sqrt().unsqueeze(1) * x0 + (s_u * s * g_max).sqrt().unsqueeze(1) * noise
+    torch.testing.assert_close(diffusion.q_sample(x0, t, noise, row_scale=s_u), expected)
+
+
+def test_posterior_mean_and_variance_are_eq_10_12_per_user():
+    diffusion = GaussianDiffusion(linear_noise_schedule(4, 0.5, 0.01, 0.2))
+    s_u = torch.tensor([0.25, 1.0])
+    t = torch.tensor([3, 3])
+    base = 1 - diffusion.gamma_bar.double()
+    bar = 1 - s_u.double().unsqueeze(1) * base[2]
+    bar_prev = 1 - s_u.double().unsqueeze(1) * base[1]
+    gamma = bar / bar_prev
+    x_t, x0 = torch.randn(2, 3), torch.randn(2, 3)
+    mean = (gamma.sqrt() * (1 - bar_prev) / (1 - bar)) * x_t.double() + (bar_prev.sqrt() * (1 - gamma) / (1 - bar)) * x0.double()
+    variance = (1 - gamma) * (1 - bar_prev) / (1 - bar)
+    coef_xt, coef_x0, var = diffusion.posterior_coefficients(t, s_u)
+    torch.testing.assert_close(diffusion.posterior_mean(x_t, x0, t, s_u), mean.float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(var, variance.float(), rtol=1e-5, atol=1e-7)
+    # at t = 1 the posterior mean is x0 itself
+    coef_xt, coef_x0, _ = diffusion.posterior_coefficients(torch.tensor([1, 1]), s_u)
+    torch.testing.assert_close(coef_xt, torch.zeros(2, 1))
+    torch.testing.assert_close(coef_x0, torch.ones(2, 1))
+
+
+def test_fast_reverse_equals_the_step_by_step_reverse_process():
+    torch.manual_seed(1)
+    diffusion = GaussianDiffusion(linear_noise_schedule(5, 0.3, 0.01, 0.2))
+    denoiser = MLPDenoiser(30, hidden_dim=12, time_dim=4, dropout=0.5).eval()
+    x0 = (torch.rand(7, 30) < 0.2).float()
+    s_u = torch.rand(7) * 0.5 + 0.5
+    with torch.no_grad():
+        expected = diffusion.reverse(denoiser, x0, 5, row_scale=s_u)
+    torch.testing.assert_close(fast_reverse(diffusion, denoiser, x0, 5, s_u), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_reverse(diffusion, denoiser, x0.to_sparse_csr(), 5, s_u), expected,
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="eval mode"):
+        fast_reverse(diffusion, denoiser.train(), x0, 5)
+
+
+def test_diffusion_objective_is_eq_16_x0_mse(tiny_datamodule):
+    model = build(tiny_datamodule, denoiser_dropout=0.0)
+    users = torch.tensor([0, 3, 7])
+
+    class Echo(torch.nn.Module):  # a "denoiser" that returns a fixed prediction
+        def __init__(self, prediction):
+            super().__init__()
+            self.prediction = prediction
+
+        def forward(self, x_t, t, input_dropout=True):
+            return self.prediction
+
+    x0 = model.user_rows(users)
+    predictions = {m: torch.rand_like(x0) for m in model.modalities}
+    model.denoisers = torch.nn.ModuleDict({m: Echo(p) for m, p in predictions.items()})
+    diffusion_loss, signal_loss = model.diffusion_losses(users)
+    expected = sum((p - x0).pow(2).mean() for p in predictions.values())
+    torch.testing.assert_close(diffusion_loss, expected)
+    # signal injection (eq 20): per modality, plus the attention-fused path (eq 19)
+    structure = x0 @ model.id_embedding[60:].detach()
+    z = {m: p @ model.projected_features(m).detach() for m, p in predictions.items()}
+    stacked = torch.stack([z[m] for m in model.modalities], dim=1)
+    weights = model.attention(stacked)
+    fused = (weights.unsqueeze(-1) * stacked).sum(1)
+    expected_signal = sum((z[m] - structure).pow(2).mean() for m in model.modalities) + (fused - structure).pow(2).mean()
+    torch.testing.assert_close(signal_loss, expected_signal)
+
+
+def test_dense_rows_are_the_training_rows(tiny_datamodule):
+    model = build(tiny_datamodule)
+    users = torch.tensor([5, 0, 5, 59])
+    expected = torch.from_numpy(tiny_datamodule.data.train[users.numpy()].toarray()).float()
+    torch.testing.assert_close(model.user_rows(users), expected)
+
+
+# ---- modality attention (eq 17-19) ----
+def test_attention_weights_sum_to_one_per_user():
+    torch.manual_seed(0)
+    attention = ModalityAttention(dim=5, heads=4, hidden_dim=3)
+    preferences = torch.randn(6, 3, 5)
+    weights = attention(preferences)
+    assert weights.shape == (6, 3)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(6))
+    # by hand: per head softmax over modalities of w_h . tanh(W_h z + b_h), averaged over heads
+    hidden = torch.tanh(attention.project(preferences)).view(6, 3, 4, 3)
+    logits = torch.einsum("bmhk,hk->bmh", hidden, attention.score)
+    torch.testing.assert_close(weights, logits.softmax(dim=1).mean(dim=2))
+
+
+def test_no_attention_means_uniform_weights(tiny_datamodule):
+    model = build(tiny_datamodule, use_modality_attention=False)
+    assert not hasattr(model, "attention")
+    weights = model.modality_attention_weights(torch.randn(4, 2, 8))
+    torch.testing.assert_close(weights, torch.full((4, 2), 0.5))
+
+
+# ---- modality-aware graphs ----
+def test_generated_graph_is_symmetric_normalised_with_self_loops():
+    graph = generated_bipartite_graph(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]), 2, 2).to_dense()
+    # nodes: u0, u1, i0 (2), i1 (3); edges u0-i0, u0-i1, u1-i1 (duplicate counted once); + self-loops
+    adjacency = torch.tensor([[1, 0, 1, 1], [0, 1, 0, 1], [1, 0, 1, 0], [1, 1, 0, 1]], dtype=torch.float32)
+    d = adjacency.sum(1).rsqrt()
+    torch.testing.assert_close(graph, d[:, None] * adjacency * d[None, :])
+    users, items = torch.arange(50) % 10, torch.arange(50) % 7
+    full = generated_bipartite_graph(users, items, 10, 7).to_dense()
+    dropped = generated_bipartite_graph(users, items, 10, 7, keep_rate=0.5,
+                                        generator=torch.Generator().manual_seed(0)).to_dense()
+    torch.testing.assert_close(dropped, dropped.T)  # an edge's two directions drop together
+    kept = dropped > 0
+    assert 0 < kept.sum() < (full > 0).sum()
+    torch.testing.assert_close(dropped[kept], full[kept] / 0.5)  # kept entries rescaled by 1 / keep_rate
+
+
+def set_constant_prediction(model: DASRec, row: torch.Tensor) -> None:
+    """Make every denoiser predict ``row`` for every user (zero output weights, bias = row)."""
+    for denoiser in model.denoisers.values():
+        with torch.no_grad():
+            denoiser.output_layer.weight.zero_()
+            denoiser.output_layer.bias.copy_(row)
+
+
+def test_graph_generation_keeps_top_k_above_the_threshold(tiny_datamodule):
+    model = build(tiny_datamodule, graph_top_k=3, similarity_threshold=0.6)
+    row = torch.zeros(40)
+    row[[4, 9, 17, 30]] = torch.tensor([0.95, 0.7, 0.55, 0.65])  # top-3: 4, 9, 30; 17 is 4th
+    set_constant_prediction(model, row)
+    edges = model.generate_edges()
+    for modality in model.modalities:
+        users, items = edges[modality]
+        assert sorted(set(items.tolist())) == [4, 9, 30]
+        assert torch.equal(torch.bincount(users, minlength=60), torch.full((60,), 3))
+    model.similarity_threshold = 0.8
+    users, items = model.generate_edges()["image"]
+    assert set(items.tolist()) == {4} and len(users) == 60
+
+
+def test_no_diffusion_graphs_uses_the_interaction_graph(tiny_datamodule):
+    model = build(tiny_datamodule, use_diffusion_graphs=False)
+    assert not hasattr(model, "denoisers")
+    graphs = model.modality_graphs()
+    assert all(g is tiny_datamodule.graphs.norm_adjacency for g in graphs.values())
+    losses = model.training_losses(torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5]))
+    assert {"diffusion", "msi"}.isdisjoint(losses)
+
+
+def test_plain_diffusion_switch_drops_the_sparsity_scaling(tiny_datamodule):
+    model = build(tiny_datamodule, sparsity_scaled_noise=False)
+    assert model.row_scale(torch.tensor([0, 1])) is None
+    assert build(tiny_datamodule).row_scale(torch.tensor([0, 1])) is not None
+
+
+# ---- cross-modal contrastive learning (eq 21-28) and aggregation (eq 29-32) ----
+def test_info_nce_against_all_candidates_by_hand():
+    anchors, candidates = torch.randn(3, 4), torch.randn(5, 4)
+    positives = torch.tensor([4, 0, 2])
+    a, c = F.normalize(anchors, dim=1), F.normalize(candidates, dim=1)
+    similarity = a @ c.T / 0.5
+    expected = -(similarity[torch.arange(3), positives] - similarity.logsumexp(dim=1)).mean()
+    torch.testing.assert_close(info_nce_against(anchors, candidates, positives, 0.5), expected)
+
+
+def test_contrastive_loss_has_both_anchors(tiny_datamodule):
+    model = build(tiny_datamodule)
+    inputs, graphs = model.modality_inputs(), model.modality_graphs()
+    final = model.aggregate(inputs, graphs)
+    views = model.contrastive_views(inputs, graphs)
+    users, items = torch.tensor([0, 4, 9]), torch.tensor([1, 2, 3])
+    image_u, text_u = views["image"][:60], views["text"][:60]
+    image_i, text_i = views["image"][60:], views["text"][60:]
+    modality_anchor = info_nce(image_u[users], text_u[users], 0.5) + info_nce(image_i[items], text_i[items], 0.5)
+    main_anchor = sum(info_nce(final[:60][users], v[:60][users], 0.5) + info_nce(final[60:][items], v[60:][items], 0.5)
+                      for v in views.values())
+    model.use_main_anchor = False
+    torch.testing.assert_close(model.contrastive_loss(final, views, users, items), modality_anchor)
+    model.use_main_anchor, model.use_modality_anchor = True, False
+    torch.testing.assert_close(model.contrastive_loss(final, views, users, items), main_anchor)
+    model.use_modality_anchor = True
+    torch.testing.assert_close(model.contrastive_loss(final, views, users, items), modality_anchor + main_anchor)
+
+
+def test_aggregation_is_eq_29_32(tiny_datamodule):
+    model = build(tiny_datamodule, omega=0.3, modality_graph_weight=0.2, n_layers=2)
+    inputs, graphs = model.modality_inputs(), model.modality_graphs()
+    a = tiny_datamodule.graphs.norm_adjacency.to_dense()
+    e = model.id_embedding.detach()
+    weights = torch.softmax(model.modality_logits, 0)
+    h = 0
+    for w, m in zip(weights, model.modalities):
+        x = inputs[m].detach()
+        first = a @ x
+        second = a @ torch.cat([first[:60], e[60:]])
+        h = h + w * (first + second + 0.2 * graphs[m].to_dense() @ e)
+    expected = h + a @ h + a @ (a @ h) + 0.3 * F.normalize(h, dim=1)
+    torch.testing.assert_close(model.aggregate(inputs, graphs).detach(), expected, rtol=1e-4, atol=1e-5)
+
+
+# ---- training, checkpoints ----
+def test_dasrec_trains_and_restores_its_generated_graphs(tiny_datamodule, tmp_path: Path):
+    model = build(tiny_datamodule, graph_top_k=3, similarity_threshold=-1.0)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[RankingEvaluator(ks=[20])])
+    trainer.fit(model, datamodule=tiny_datamodule)
+    losses = trainer.logged_metrics
+    assert {"train/bpr_loss", "train/cl_loss", "train/diffusion_loss", "train/msi_loss", "train/reg_loss"} <= set(losses)
+    assert all(torch.isfinite(torch.as_tensor(v)) for v in losses.values())
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    validated = trainer.validate(model, datamodule=tiny_datamodule, verbose=False)[0]["val/recall@20"]
+
+    restored = DASRec.load_from_checkpoint(path)
+    saved_edges = model._generated_edges
+    assert all(torch.equal(restored._generated_edges[m], saved_edges[m]) for m in model.modalities)
+    again = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[RankingEvaluator(ks=[20])], default_root_dir=tmp_path)
+    assert again.validate(restored, datamodule=tiny_datamodule, verbose=False)[0]["val/recall@20"] == pytest.approx(validated)
