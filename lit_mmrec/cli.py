@@ -7,10 +7,12 @@ import os
 
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 
 from lit_mmrec.data import RecDataModule
-from lit_mmrec.metrics import RankingEvaluator, TopKPredictionWriter
+from lit_mmrec.metrics import RankingEvaluator, TopKPredictionWriter, TrainingTelemetry
 from lit_mmrec.models import RecommenderModule
+from lit_mmrec.tracking import TrackedWandbLogger
 
 MONITOR = "val/recall@20"
 
@@ -23,7 +25,10 @@ class RecommenderCLI(LightningCLI):
       so the model is always picked by validation;
     * ``prediction_writer.output_path`` is where ``predict`` writes each user's top-K;
     * ``test_after_fit`` (default true) makes ``fit`` end by testing the best-validation checkpoint;
-    * ``n_users``, ``n_items`` and ``feature_dims`` are linked from the data module into the model.
+    * ``n_users``, ``n_items`` and ``feature_dims`` are linked from the data module into the model;
+    * ``train/epoch_seconds`` and ``train/lr`` are logged every epoch;
+    * whenever any logger is configured, a CSV log is written too (``<default_root_dir>/csv``), and a
+      W&B logger gets the resolved config and, unless configured, the name ``<model>-<dataset>``.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -40,20 +45,40 @@ class RecommenderCLI(LightningCLI):
         parser.set_defaults({"early_stopping.monitor": MONITOR, "early_stopping.mode": "max",
                              "early_stopping.patience": 20})
         parser.add_lightning_class_args(TopKPredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(TrainingTelemetry, "telemetry")
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="after fit, evaluate the best-validation checkpoint on the test split")
         parser.link_arguments("data.n_users", "model.init_args.n_users", apply_on="instantiate")
         parser.link_arguments("data.n_items", "model.init_args.n_items", apply_on="instantiate")
         parser.link_arguments("data.feature_dims", "model.init_args.feature_dims", apply_on="instantiate")
 
+    def _prepare_loggers(self) -> None:
+        trainer = self.trainer
+        if not trainer.loggers:
+            return
+        if not any(isinstance(logger, CSVLogger) for logger in trainer.loggers):
+            trainer.loggers = [*trainer.loggers, CSVLogger(save_dir=trainer.default_root_dir, name="csv")]
+        for logger in trainer.loggers:
+            if isinstance(logger, TrackedWandbLogger):
+                logger.set_defaults(f"{type(self.model).__name__}-{self.datamodule.name}", trainer.default_root_dir)
+                logger.log_config(self.config[self.subcommand].clone().as_dict())
+
+    before_fit = before_test = before_validate = before_predict = _prepare_loggers
+
+    def _finish_loggers(self) -> None:
+        """End W&B runs with the subcommand, so their summary and files are written now."""
+        for logger in self.trainer.loggers:
+            if isinstance(logger, TrackedWandbLogger):
+                logger.finish()
+
+    after_test = after_validate = after_predict = _finish_loggers
+
     def after_fit(self) -> None:
-        if not self.config_init[self.subcommand].get("test_after_fit", True):
-            return
-        if self.trainer.interrupted:
-            return
-        checkpoint = self.trainer.checkpoint_callback
-        has_best = checkpoint is not None and bool(checkpoint.best_model_path)
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
+        if self.config_init[self.subcommand].get("test_after_fit", True) and not self.trainer.interrupted:
+            checkpoint = self.trainer.checkpoint_callback
+            has_best = checkpoint is not None and bool(checkpoint.best_model_path)
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
+        self._finish_loggers()
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> RecommenderCLI:

@@ -1,6 +1,6 @@
 """Full-ranking metrics and the callbacks that compute, log and write them."""
 
-from lit_mmrec.metrics.callbacks import RankingEvaluator, TopKPredictionWriter
+from lit_mmrec.metrics.callbacks import RankingEvaluator, TopKPredictionWriter, TrainingTelemetry
 from lit_mmrec.metrics.ranking import (
     TopKRankingMetrics,
     hit_matrix,
@@ -12,6 +12,7 @@ __all__ = [
     "RankingEvaluator",
     "TopKPredictionWriter",
     "TopKRankingMetrics",
+    "TrainingTelemetry",
     "hit_matrix",
     "mask_scores",
     "ranking_metrics_per_user",

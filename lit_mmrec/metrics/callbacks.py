@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import lightning as L
@@ -86,6 +87,18 @@ class RankingEvaluator(Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_value = state_dict["best_value"]
         self.best_epoch = state_dict["best_epoch"]
+
+
+class TrainingTelemetry(Callback):
+    """Logs each epoch's wall-clock time (``train/epoch_seconds``) and learning rate (``train/lr``)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.log("train/epoch_seconds", time.perf_counter() - self._start)
+        if trainer.optimizers:
+            pl_module.log("train/lr", float(trainer.optimizers[0].param_groups[0]["lr"]))
 
 
 class TopKPredictionWriter(BasePredictionWriter):

@@ -1,0 +1,93 @@
+"""Experiment tracking: a W&B logger whose mode follows the environment, so runs never wait for a login."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import WandbLogger
+
+WandbMode = Literal["auto", "online", "offline", "disabled"]
+
+
+def wandb_api_key_configured() -> bool:
+    """True when W&B could log in without asking: ``WANDB_API_KEY`` or a netrc entry for the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = os.environ.get("NETRC", os.path.join(os.path.expanduser("~"), ".netrc"))
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_wandb_mode(mode: WandbMode = "auto") -> str:
+    """The W&B mode a run uses, as W&B users expect.
+
+    ``WANDB_MODE`` (or ``WANDB_DISABLED=true``) in the environment wins; then an explicit ``mode``;
+    with ``auto``, ``online`` when an API key is configured and ``offline`` otherwise (the run is
+    written under the save directory and can be uploaded later with ``wandb sync``).
+    """
+    from_env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if from_env:
+        return {"dryrun": "offline", "run": "online"}.get(from_env, from_env)
+    if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):
+        return "disabled"
+    if mode != "auto":
+        return mode
+    return "online" if wandb_api_key_configured() else "offline"
+
+
+class TrackedWandbLogger(WandbLogger):
+    """Lightning's ``WandbLogger`` with the mode resolved by :func:`resolve_wandb_mode`.
+
+    Everything a model logs (each loss term, validation and test metrics, the best validation
+    metric and its epoch, learning rate, epoch time) goes to W&B; the resolved CLI config is the
+    run's config; ``val/<metric>`` summaries keep their maximum. ``name=None`` lets the CLI name the
+    run ``<model>-<dataset>``. ``log_model=True`` uploads checkpoints as artifacts (``"all"``: every
+    one). Offline runs live in ``<save_dir>/wandb/offline-run-*`` for ``wandb sync``.
+    """
+
+    def __init__(
+        self,
+        project: str = "lit_mmrec",
+        entity: str | None = None,
+        name: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        mode: WandbMode = "auto",
+        save_dir: str | None = None,
+        log_model: bool | Literal["all"] = False,
+        job_type: str = "train",
+    ) -> None:
+        if save_dir is not None and not os.path.isabs(os.path.expanduser(save_dir)):
+            raise ValueError(f"W&B save_dir must be an absolute path, got {save_dir!r}")
+        self.resolved_mode = resolve_wandb_mode(mode)
+        super().__init__(
+            project=project, entity=entity, name=name, group=group, tags=tags, mode=self.resolved_mode,
+            save_dir=os.path.expanduser(save_dir) if save_dir else None, log_model=log_model, job_type=job_type,
+        )
+
+    def set_defaults(self, name: str, save_dir: str) -> None:
+        """Before the run starts: name it and place it under ``save_dir`` unless configured otherwise."""
+        if self._experiment is not None:
+            return
+        if not self._wandb_init.get("name"):
+            self._wandb_init["name"] = self._name = name
+        if not self._wandb_init.get("dir"):
+            os.makedirs(save_dir, exist_ok=True)
+            self._wandb_init["dir"] = self._save_dir = save_dir
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        """Record the resolved run configuration and make ``val/*`` summaries keep their maximum."""
+        experiment = self.experiment
+        experiment.config.update(config, allow_val_change=True)
+        experiment.define_metric("val/*", summary="max")
+
+    def finish(self) -> None:
+        """Close the W&B run (writes its summary and files; offline runs become syncable)."""
+        if self._experiment is not None and hasattr(self._experiment, "finish"):
+            self._experiment.finish()
