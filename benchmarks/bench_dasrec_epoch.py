@@ -1,0 +1,86 @@
+"""Benchmark: one DASRec training epoch split into its three parts, without Lightning.
+
+Graph generation (every user's row denoised by each modality's denoiser, top-k + threshold), the
+diffusion objective over every user's row, and the recommendation steps over the epoch's BPR batches,
+exactly as ``DASRec`` runs them inside ``lit_mmrec fit``; also the peak resident memory.
+
+    LIT_MMREC_DATA=/path/to/shared/data python benchmarks/bench_dasrec_epoch.py --dataset tiktok \
+        embedding_dim=64 denoiser_hidden=128
+    python benchmarks/bench_dasrec_epoch.py --sports-scale   # synthetic 35,598 x 18,357 x 296,337
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+
+import torch
+
+from lit_mmrec.data import DiffMMPickles, RecDataModule, Synthetic
+from lit_mmrec.models import DASRec
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="tiktok", help="DiffMM-format folder under $LIT_MMREC_DATA")
+    parser.add_argument("--sports-scale", action="store_true", help="synthetic data at Amazon Sports scale")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("options", nargs="*", help="DASRec init options as key=value (ints, floats, strings)")
+    args = parser.parse_args()
+    if args.sports_scale:
+        source = Synthetic(n_users=35598, n_items=18357, n_interactions=296337,
+                           modalities={"image": 4096, "text": 384}, seed=0)
+    else:
+        source = DiffMMPickles(root=os.path.join(os.environ["LIT_MMREC_DATA"], args.dataset), name=args.dataset)
+    options = {}
+    for item in args.options:
+        key, value = item.split("=", 1)
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        options[key] = value
+    datamodule = RecDataModule(source, train_batch_size=1024)
+    datamodule.setup("fit")
+    model = DASRec(datamodule.n_users, datamodule.n_items, datamodule.feature_dims, **options)
+    model.graphs = datamodule.graphs
+    model.on_graphs_ready()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    epochs = []
+    for epoch in range(args.epochs):
+        datamodule.reseed_train_sampling(epoch, 0)
+        batches = list(datamodule.train_dataloader())
+        chunks = torch.tensor_split(torch.randperm(datamodule.n_users), len(batches))
+        start = time.perf_counter()
+        model._generated_edges = model.generate_edges()
+        model._graphs_eval = model._build_graphs(1.0, None)
+        model._graphs_train = model._build_graphs(model.graph_keep_rate, torch.Generator().manual_seed(epoch))
+        generated = time.perf_counter()
+        diffusion = recommendation = 0.0
+        for batch, users in zip(batches, chunks):
+            tick = time.perf_counter()
+            optimizer.zero_grad()
+            diffusion_loss, signal_loss = model.diffusion_losses(users)
+            (diffusion_loss + model.lambda_msi * signal_loss).backward()
+            optimizer.step()
+            tock = time.perf_counter()
+            optimizer.zero_grad()
+            sum(model.training_losses(*batch).values()).backward()
+            optimizer.step()
+            diffusion += tock - tick
+            recommendation += time.perf_counter() - tock
+        epochs.append({"graph_generation_s": round(generated - start, 2), "diffusion_s": round(diffusion, 2),
+                       "recommendation_s": round(recommendation, 2),
+                       "epoch_s": round(generated - start + diffusion + recommendation, 2)})
+    print(json.dumps({"options": options, "threads": torch.get_num_threads(), "epochs": epochs,
+                      "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)},
+                     indent=2))
+
+
+if __name__ == "__main__":
+    main()
