@@ -57,8 +57,8 @@ def main() -> None:
         batches = list(datamodule.train_dataloader())
         chunks = torch.tensor_split(torch.randperm(datamodule.n_users), len(batches))
         start = time.perf_counter()
-        model._generated_edges = model.generate_edges()
-        model._graphs_eval = model._build_graphs(1.0, None)
+        model._generated_edges, model._graphs_eval = None, {}
+        model._ensure_eval_graphs()  # generation, as at the start of every DASRec epoch
         model._graphs_train = model._build_graphs(model.graph_keep_rate, torch.Generator().manual_seed(epoch))
         generated = time.perf_counter()
         diffusion = recommendation = 0.0

@@ -12,21 +12,20 @@ from torch import nn
 
 from lit_mmrec.data.graphs import generated_bipartite_graph
 from lit_mmrec.models.base import RecommenderModule, user_item_table
-from lit_mmrec.models.components import bpr_loss, dense_rows, info_nce, info_nce_against, propagate, sparse_matmul
+from lit_mmrec.models.components import (
+    bpr_loss,
+    dense_rows,
+    info_nce,
+    info_nce_against,
+    propagate,
+    row_block,
+    sparse_matmul,
+)
 from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, fast_reverse, linear_noise_schedule
 
 SparsityReference = Literal["n_items", "max_degree"]
 ContrastiveNegatives = Literal["batch", "all"]
 AttentionActivation = Literal["tanh", "sigmoid"]
-
-
-def row_block(matrix: torch.Tensor, start: int, end: int) -> torch.Tensor:
-    """Rows ``start:end`` of a sparse CSR matrix as a sparse CSR matrix (no copy of other rows)."""
-    crow = matrix.crow_indices()
-    first, last = int(crow[start]), int(crow[end])
-    return torch.sparse_csr_tensor(crow[start:end + 1] - first, matrix.col_indices()[first:last],
-                                   matrix.values()[first:last], (end - start, matrix.shape[1]),
-                                   check_invariants=False)
 
 
 class ModalityAttention(nn.Module):
@@ -325,12 +324,15 @@ class DASRec(RecommenderModule):
         """G^m per modality: the training graphs (edge dropout) in training, the full ones otherwise."""
         if not self.use_diffusion_graphs:
             return {m: self.graphs.norm_adjacency for m in self.modalities}
+        graphs_eval = self._ensure_eval_graphs()
+        return self._graphs_train if self.training and self._graphs_train else graphs_eval
+
+    def _ensure_eval_graphs(self) -> dict[str, torch.Tensor]:
+        """The full generated graphs, generating the edges first if there are none yet."""
         if self._generated_edges is None:
             self._generated_edges = self.generate_edges()
         if not self._graphs_eval:
             self._graphs_eval = self._build_graphs(1.0, None)
-        if self.training and self._graphs_train:
-            return self._graphs_train
         return self._graphs_eval
 
     def _graph_generator(self, epoch: int) -> torch.Generator:
@@ -344,12 +346,11 @@ class DASRec(RecommenderModule):
         if not self.use_diffusion_graphs:
             return
         epoch = self.current_epoch
-        if self._generated_edges is None or epoch % self.rebuild_every_n_epochs == 0:
-            self._generated_edges = self.generate_edges()
-            self._graphs_eval = {}
-        self._graphs_eval = self._graphs_eval or self._build_graphs(1.0, None)
+        if epoch % self.rebuild_every_n_epochs == 0:
+            self._generated_edges, self._graphs_eval = None, {}
+        graphs_eval = self._ensure_eval_graphs()
         self._graphs_train = self._build_graphs(self.graph_keep_rate, self._graph_generator(epoch)) \
-            if self.graph_keep_rate < 1.0 else self._graphs_eval
+            if self.graph_keep_rate < 1.0 else graphs_eval
         self._plan_diffusion_users(epoch)
 
     def _plan_diffusion_users(self, epoch: int) -> None:

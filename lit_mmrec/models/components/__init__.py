@@ -6,7 +6,8 @@ from lit_mmrec.models.components.propagation import (
     combine_layers,
     dense_rows,
     propagate,
+    row_block,
     sparse_matmul,
 )
 
-__all__ = ["LayerCombination", "bpr_loss", "combine_layers", "dense_rows", "info_nce", "info_nce_against", "l2_regularisation", "propagate", "sparse_matmul"]
+__all__ = ["LayerCombination", "bpr_loss", "combine_layers", "dense_rows", "info_nce", "info_nce_against", "l2_regularisation", "propagate", "row_block", "sparse_matmul"]

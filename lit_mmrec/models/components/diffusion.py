@@ -56,8 +56,6 @@ class GaussianDiffusion(nn.Module):
         variance = (1 - gamma) * (1 - previous) / (1 - gamma_bar)  # eq 12 / DDPM beta tilde
         self.steps = len(gamma_bar)
         self.register_buffer("gamma_bar", gamma_bar.float(), persistent=False)
-        self.register_buffer("gamma_bar_prev", previous.float(), persistent=False)
-        self.register_buffer("gamma", gamma.float(), persistent=False)
         self.register_buffer("posterior_variance", variance.float(), persistent=False)
         # 1 - gamma_bar kept separately: for small noise it is ~1e-5, which 1 - float32(gamma_bar) loses
         self.register_buffer("noise_bar", (1 - gamma_bar).float(), persistent=False)

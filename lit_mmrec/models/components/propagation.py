@@ -72,3 +72,12 @@ def dense_rows(matrix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(len(rows), matrix.shape[1], dtype=values.dtype, device=values.device)
     out[batch_row, col[position].long()] = values[position]
     return out
+
+
+def row_block(matrix: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Rows ``start:end`` of a sparse CSR matrix as a sparse CSR matrix (no copy of other rows)."""
+    crow = matrix.crow_indices()
+    first, last = int(crow[start]), int(crow[end])
+    return torch.sparse_csr_tensor(crow[start:end + 1] - first, matrix.col_indices()[first:last],
+                                   matrix.values()[first:last], (end - start, matrix.shape[1]),
+                                   check_invariants=False)
