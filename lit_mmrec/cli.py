@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
@@ -81,8 +82,12 @@ class RecommenderCLI(LightningCLI):
         self._finish_loggers()
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> RecommenderCLI:
-    """Parse ``args`` (default: ``sys.argv``) and, with ``run``, execute the subcommand."""
+def build_cli(args: list[str] | None = None, run: bool = True,
+              extra_callbacks: list[Callback] | None = None) -> RecommenderCLI:
+    """Parse ``args`` (default: ``sys.argv``) and, with ``run``, execute the subcommand.
+
+    ``extra_callbacks`` are added to the trainer after the configured ones (the local sweep's monitor).
+    """
     return RecommenderCLI(
         RecommenderModule,
         RecDataModule,
@@ -90,15 +95,22 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> RecommenderCLI
         subclass_mode_data=False,
         parser_kwargs={"parser_mode": "omegaconf"},
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": list(extra_callbacks)} if extra_callbacks else None,
         args=args,
         run=run,
     )
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``lit_mmrec`` console script."""
+    """Entry point of the ``lit_mmrec`` console script (``lit_mmrec sweep ...`` runs a local sweep)."""
     logging.basicConfig(level=os.environ.get("LIT_MMREC_LOG_LEVEL", "INFO"),
                         format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["sweep"]:
+        from lit_mmrec.sweep import main as sweep_main
+
+        sweep_main(argv[1:])
+        return
     build_cli(args)
 
 
