@@ -6,12 +6,12 @@ import logging
 import os
 import sys
 
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from lit_mmrec.data import RecDataModule
-from lit_mmrec.metrics import RankingEvaluator, TopKPredictionWriter, TrainingTelemetry
+from lit_mmrec.metrics import BestAndLastCheckpoint, RankingEvaluator, TopKPredictionWriter, TrainingTelemetry
 from lit_mmrec.models import RecommenderModule
 from lit_mmrec.tracking import TrackedWandbLogger
 
@@ -23,7 +23,8 @@ class RecommenderCLI(LightningCLI):
 
     * ``evaluation.*`` configures :class:`RankingEvaluator` (cut-offs ``ks``);
     * ``checkpoint.*`` / ``early_stopping.*`` monitor ``val/recall@20`` (maximised) by default,
-      so the model is always picked by validation;
+      so the model is always picked by validation; ``last.ckpt`` follows every validation, so an
+      interrupted run resumes where it stopped (:class:`BestAndLastCheckpoint`);
     * ``prediction_writer.output_path`` is where ``predict`` writes each user's top-K;
     * ``test_after_fit`` (default true) makes ``fit`` end by testing the best-validation checkpoint;
     * ``n_users``, ``n_items`` and ``feature_dims`` are linked from the data module into the model;
@@ -34,7 +35,7 @@ class RecommenderCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RankingEvaluator, "evaluation")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": MONITOR,
             "checkpoint.mode": "max",

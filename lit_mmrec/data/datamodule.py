@@ -20,7 +20,7 @@ from lit_mmrec.data.graphs import (
 )
 from lit_mmrec.data.interactions import InteractionData
 from lit_mmrec.data.readers import DatasetSource
-from lit_mmrec.data.sampling import BPRTriplets, RankingBatches, keep_batch
+from lit_mmrec.data.sampling import BPRTriplets, RankingBatches, ShardedBatches, keep_batch
 from lit_mmrec.data.synthetic import Synthetic
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,13 @@ class RecDataModule(L.LightningDataModule):
         )
 
     def _ranking_loader(self, batches: RankingBatches) -> DataLoader:
-        return DataLoader(batches, batch_size=None, shuffle=False)
+        """Full-ranking batches in order; under several processes each batch goes to one process only
+        (:class:`ShardedBatches`), so the summed metrics equal a single process's."""
+        trainer = self.trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = ShardedBatches(batches, num_replicas=trainer.world_size, rank=trainer.global_rank)
+        return DataLoader(batches, batch_size=None, shuffle=False, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._ranking_loader(self._ranking["valid"])

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 
 def interaction_keys(matrix: sp.csr_matrix) -> torch.Tensor:
@@ -136,4 +136,25 @@ class RankingBatches(Dataset):
         return len(self.batches)
 
     def __getitem__(self, index: int) -> RankingBatch:
+        """Batch ``index``; ``len(self)`` is a batch of no users (what :class:`ShardedBatches` pads with)."""
+        if index == len(self.batches):
+            empty = torch.empty(0, dtype=torch.long)
+            return RankingBatch(empty, empty, empty, empty, empty, empty)
         return self.batches[index]
+
+
+class ShardedBatches(DistributedSampler):
+    """Deals the ranking batches round-robin to the processes, each batch to exactly one of them.
+
+    torch's ``DistributedSampler`` evens the shards out by repeating batches, which would score those
+    users twice and bias summed metrics; here the short shards are padded with the empty batch
+    (index ``len(dataset)``) instead, so every process runs the same number of steps and every user
+    is counted once. Being a ``DistributedSampler``, Lightning leaves it in place.
+    """
+
+    def __init__(self, dataset: RankingBatches, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        own = list(range(self.rank, len(self.dataset), self.num_replicas))
+        return iter(own + [len(self.dataset)] * (self.num_samples - len(own)))

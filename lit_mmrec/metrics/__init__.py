@@ -1,6 +1,11 @@
 """Full-ranking metrics and the callbacks that compute, log and write them."""
 
-from lit_mmrec.metrics.callbacks import RankingEvaluator, TopKPredictionWriter, TrainingTelemetry
+from lit_mmrec.metrics.callbacks import (
+    BestAndLastCheckpoint,
+    RankingEvaluator,
+    TopKPredictionWriter,
+    TrainingTelemetry,
+)
 from lit_mmrec.metrics.ranking import (
     TopKRankingMetrics,
     hit_matrix,
@@ -9,6 +14,7 @@ from lit_mmrec.metrics.ranking import (
 )
 
 __all__ = [
+    "BestAndLastCheckpoint",
     "RankingEvaluator",
     "TopKPredictionWriter",
     "TopKRankingMetrics",

@@ -9,7 +9,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 from lit_mmrec.data.sampling import RankingBatch
 from lit_mmrec.metrics.ranking import METRIC_NAMES, TopKRankingMetrics, hit_matrix, mask_scores
@@ -51,7 +52,9 @@ class RankingEvaluator(Callback):
 
     def _finish(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         results = {f"{stage}/{name}": value for name, value in self.metrics[stage].compute().items()}
-        pl_module.log_dict(results, sync_dist=False)  # already reduced across processes by the metric
+        # already reduced across processes by the metric, so identical everywhere: the mean over
+        # processes (sync_dist) returns them bit for bit and keeps every process's callbacks in step
+        pl_module.log_dict(results, sync_dist=True)
         return {name: float(value) for name, value in results.items()}
 
     # validation
@@ -68,8 +71,8 @@ class RankingEvaluator(Callback):
         current = results[f"val/{self.monitor}"]
         if current > self.best_value:
             self.best_value, self.best_epoch = current, trainer.current_epoch
-        pl_module.log(f"val/{self.monitor}_best", self.best_value, prog_bar=True)
-        pl_module.log("val/best_epoch", float(self.best_epoch))
+        pl_module.log(f"val/{self.monitor}_best", self.best_value, prog_bar=True, sync_dist=True)
+        pl_module.log("val/best_epoch", float(self.best_epoch), sync_dist=True)
 
     # test
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -89,6 +92,25 @@ class RankingEvaluator(Callback):
         self.best_epoch = state_dict["best_epoch"]
 
 
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is the state after the latest validation.
+
+    Lightning >= 2.6 rewrites ``last.ckpt`` only when a new top-k checkpoint is saved, so after a few
+    epochs without improvement ``last.ckpt`` lags behind and a resumed run would repeat them. Here,
+    with ``save_last``, every validation during fit also writes ``last.ckpt`` (all processes call
+    this; only rank 0 writes). Everything else (best-k selection, ``ckpt_path="best"``) is unchanged.
+    """
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if (not self.save_last or trainer.sanity_checking or trainer.fast_dev_run
+                or trainer.state.fn != TrainerFn.FITTING):
+            return
+        path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+        self.last_model_path = path  # part of the saved state, as Lightning's own last checkpoint
+        trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+
+
 class TrainingTelemetry(Callback):
     """Logs each epoch's wall-clock time (``train/epoch_seconds``) and learning rate (``train/lr``)."""
 
@@ -96,9 +118,9 @@ class TrainingTelemetry(Callback):
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.log("train/epoch_seconds", time.perf_counter() - self._start)
+        pl_module.log("train/epoch_seconds", time.perf_counter() - self._start, sync_dist=True)
         if trainer.optimizers:
-            pl_module.log("train/lr", float(trainer.optimizers[0].param_groups[0]["lr"]))
+            pl_module.log("train/lr", float(trainer.optimizers[0].param_groups[0]["lr"]), sync_dist=True)
 
 
 class TopKPredictionWriter(BasePredictionWriter):

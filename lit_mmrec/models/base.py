@@ -124,9 +124,11 @@ class RecommenderModule(L.LightningModule):
         losses = self.training_losses(users, positives, negatives)
         total = torch.stack(list(losses.values())).sum()
         batch_size = users.shape[0]
+        # sync_dist: under DDP the logged losses are averaged over the processes' batches
         self.log_dict({f"train/{name}_loss": value.detach() for name, value in losses.items()},
-                      on_step=False, on_epoch=True, batch_size=batch_size)
-        self.log("train/loss", total.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+                      on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        self.log("train/loss", total.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size,
+                 sync_dist=True)
         return total
 
     def configure_optimizers(self):

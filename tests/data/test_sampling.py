@@ -6,7 +6,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from lit_mmrec.data.sampling import BPRTriplets, RankingBatches, contains, interaction_keys, sample_negatives
+from lit_mmrec.data.sampling import (
+    BPRTriplets,
+    RankingBatches,
+    ShardedBatches,
+    contains,
+    interaction_keys,
+    sample_negatives,
+)
 
 
 def test_negatives_are_never_training_items():
@@ -55,3 +62,16 @@ def test_ranking_batches_skip_users_without_targets_and_mask_known_items():
     assert list(zip(batch.exclude_rows.tolist(), batch.exclude_cols.tolist())) == [(0, 0), (0, 3), (1, 0), (1, 1)]
     assert list(zip(batch.target_rows.tolist(), batch.target_cols.tolist())) == [(0, 1), (1, 2), (1, 3)]
     assert batch.n_targets.tolist() == [1, 2]
+
+
+def test_sharded_ranking_batches_score_every_user_once():
+    targets = sp.random(11, 6, density=0.5, format="csr", dtype=np.float32, random_state=2)
+    targets.data[:] = 1
+    batches = RankingBatches(np.arange(11), sp.csr_matrix((11, 6), dtype=np.float32), targets, batch_size=2)
+    assert len(batches) == 6
+    shards = [list(ShardedBatches(batches, num_replicas=4, rank=rank)) for rank in range(4)]
+    assert shards == [[0, 4], [1, 5], [2, 6], [3, 6]]  # equal lengths; 6 is the empty batch, not a repeat
+    users = torch.cat([batches[index].users for shard in shards for index in shard])
+    assert sorted(users.tolist()) == list(range(11))
+    empty = batches[6]
+    assert empty.users.numel() == 0 and empty.n_targets.numel() == 0

@@ -1,0 +1,33 @@
+"""Checkpointing: ``last.ckpt`` follows every validation, even when the monitored metric stalls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
+
+from lit_mmrec.metrics import BestAndLastCheckpoint
+
+
+class StalledModel(BoringModel):
+    """Logs the same validation value every epoch: only the first epoch is ever the best."""
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/flat", 1.0)
+
+
+@pytest.mark.parametrize("callback_class, last_step", [(ModelCheckpoint, 4), (BestAndLastCheckpoint, 12)])
+def test_last_checkpoint_is_the_latest_state(tmp_path: Path, callback_class, last_step: int):
+    checkpoint = callback_class(dirpath=tmp_path, monitor="val/flat", mode="max", save_last=True)
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=3, limit_train_batches=4, limit_val_batches=1,
+                        callbacks=[checkpoint], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(StalledModel())
+    assert Path(checkpoint.best_model_path).name == "epoch=0-step=4.ckpt"
+    state = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
+    # Lightning's own callback leaves last.ckpt at the best epoch (step 4); ours holds the final state
+    assert state["global_step"] == last_step
