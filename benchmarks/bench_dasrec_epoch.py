@@ -21,9 +21,11 @@ import torch
 
 from lit_mmrec.data import DiffMMPickles, RecDataModule, Synthetic
 from lit_mmrec.models import DASRec
+from lit_mmrec.runtime import keep_freed_memory_for_reuse
 
 
 def main() -> None:
+    keep_freed_memory_for_reuse()  # as the lit_mmrec command does
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="tiktok", help="DiffMM-format folder under $LIT_MMREC_DATA")
     parser.add_argument("--sports-scale", action="store_true", help="synthetic data at Amazon Sports scale")

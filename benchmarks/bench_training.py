@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_mmrec.cli import build_cli
+from lit_mmrec.runtime import keep_freed_memory_for_reuse
 
 
 class EpochTimer(Callback):
@@ -52,6 +53,7 @@ def peak_rss_gb() -> float:
 
 
 def main() -> None:
+    keep_freed_memory_for_reuse()  # as the lit_mmrec command does
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--epochs", type=int, default=5)

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lit_mmrec.data import RecDataModule
 from lit_mmrec.metrics import BestAndLastCheckpoint, RankingEvaluator, TopKPredictionWriter, TrainingTelemetry
 from lit_mmrec.models import RecommenderModule
+from lit_mmrec.runtime import keep_freed_memory_for_reuse
 from lit_mmrec.tracking import TrackedWandbLogger
 
 MONITOR = "val/recall@20"
@@ -106,6 +107,7 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lit_mmrec`` console script (``lit_mmrec sweep ...`` runs a local sweep)."""
     logging.basicConfig(level=os.environ.get("LIT_MMREC_LOG_LEVEL", "INFO"),
                         format="%(levelname)s %(name)s: %(message)s")
+    keep_freed_memory_for_reuse()
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["sweep"]:
         from lit_mmrec.sweep import main as sweep_main

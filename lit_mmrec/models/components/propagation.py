@@ -9,6 +9,14 @@ import torch
 LayerCombination = Literal["mean", "sum"]
 
 
+def _spmm(adjacency: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``adjacency @ dense`` into a fresh, uninitialised output: ``addmm`` with ``beta=0`` ignores its
+    input, so the zero fill and copy that ``torch.sparse.mm`` does first are skipped (10-25% faster
+    on CPU for Baby's graph)."""
+    out = dense.new_empty(adjacency.shape[0], dense.shape[1])
+    return torch.addmm(out, adjacency, dense, beta=0)
+
+
 class _SparseMatmul(torch.autograd.Function):
     """``A @ X`` for a constant sparse A, whose backward multiplies by a precomputed ``A^T``.
 
@@ -20,11 +28,11 @@ class _SparseMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, adjacency: torch.Tensor, adjacency_t: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         ctx.adjacency_t = adjacency_t
-        return torch.sparse.mm(adjacency, dense)
+        return _spmm(adjacency, dense)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        grad_dense = torch.sparse.mm(ctx.adjacency_t, grad_output) if ctx.needs_input_grad[2] else None
+        grad_dense = _spmm(ctx.adjacency_t, grad_output) if ctx.needs_input_grad[2] else None
         return None, None, grad_dense
 
 
