@@ -19,11 +19,11 @@ _TOP_PAD = 64 * 1024**2
 def keep_freed_memory_for_reuse() -> bool:
     """Make glibc's allocator keep freed tensor memory instead of returning it to the kernel.
 
-    By default glibc serves every allocation above ~128 KiB-32 MiB with a fresh ``mmap`` and unmaps it
-    on free, so each full-table CPU tensor of a training step (6.8 MB for Baby's 26,495 x 64
-    embeddings) is page-faulted in again, step after step: a third of a LightGCN epoch on Baby on
-    the 2-core development VM (3.0 s -> 2.2 s per epoch with this on). This serves blocks up to
-    32 MiB from the heap and keeps up to 1 GiB of freed heap mapped. It is what PyTorch's CPU
+    By default glibc gives large freed blocks back to the kernel (``mmap``-ed blocks are unmapped, the
+    top of the heap is trimmed), so the full-table CPU tensors of a training step (6.8 MB each for
+    Baby's 26,495 x 64 embeddings) are page-faulted in again step after step; on the 2-core
+    development VM that was up to a quarter of a bare LightGCN epoch on Baby (2.8-3.0 s -> 2.2-2.5 s
+    with this on). This serves blocks up to 32 MiB from the heap and keeps up to 1 GiB of freed heap. It is what PyTorch's CPU
     tuning guide gets with jemalloc/tcmalloc, without a preloaded library. Only glibc (Linux);
     elsewhere, or with ``LIT_MMREC_MALLOC_TUNING=0``, nothing changes. Returns whether it applied.
     """
