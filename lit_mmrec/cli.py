@@ -69,9 +69,12 @@ class RecommenderCLI(LightningCLI):
     before_fit = before_test = before_validate = before_predict = _prepare_loggers
 
     def _finish_loggers(self) -> None:
-        """End W&B runs with the subcommand, so their summary and files are written now."""
+        """End W&B runs with the subcommand (after plotting the last evaluation's metrics against K),
+        so their summary and files are written now."""
         for logger in self.trainer.loggers:
             if isinstance(logger, TrackedWandbLogger):
+                if self.trainer.is_global_zero:
+                    logger.log_topk_curves(self.trainer.callback_metrics)
                 logger.finish()
 
     after_test = after_validate = after_predict = _finish_loggers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import netrc
 import os
+from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -45,7 +46,8 @@ class TrackedWandbLogger(WandbLogger):
     """Lightning's ``WandbLogger`` with the mode resolved by :func:`resolve_wandb_mode`.
 
     Everything a model logs (each loss term, validation and test metrics, the best validation
-    metric and its epoch, learning rate, epoch time) goes to W&B; the resolved CLI config is the
+    metric and its epoch, learning rate, epoch time) goes to W&B, and when a run ends the CLI adds
+    its top-K curves (:meth:`log_topk_curves`); the resolved CLI config is the
     run's config; ``val/<metric>`` summaries keep their maximum. ``name=None`` lets the CLI name the
     run ``<model>-<dataset>``. ``log_model=True`` uploads checkpoints as artifacts (``"all"``: every
     one). Offline runs live in ``<save_dir>/wandb/offline-run-*`` for ``wandb sync``.
@@ -86,6 +88,30 @@ class TrackedWandbLogger(WandbLogger):
         experiment = self.experiment
         experiment.config.update(config, allow_val_change=True)
         experiment.define_metric("val/*", summary="max")
+
+    def log_topk_curves(self, metrics: Mapping[str, Any]) -> list[str]:
+        """Plot each evaluated stage's metrics against the cut-off K (``val/topk_curve``,
+        ``test/topk_curve``: one line per metric over K = 5, 10, 20, 50 by default) from
+        ``metrics`` such as ``trainer.callback_metrics``; returns the stages plotted."""
+        import wandb
+
+        plotted = []
+        for stage in ("val", "test"):
+            by_name: dict[str, dict[int, float]] = {}
+            for key, value in metrics.items():
+                prefix, _, rest = key.partition("/")
+                name, at, k = rest.partition("@")
+                if prefix == stage and at and k.isdigit():
+                    by_name.setdefault(name, {})[int(k)] = float(value)
+            if not by_name:
+                continue
+            ks = sorted({k for values in by_name.values() for k in values})
+            names = sorted(by_name)
+            self.experiment.log({f"{stage}/topk_curve": wandb.plot.line_series(
+                xs=ks, ys=[[by_name[name].get(k, float("nan")) for k in ks] for name in names], keys=names,
+                title=f"{stage}: metrics at cut-off K", xname="K")})
+            plotted.append(stage)
+        return plotted
 
     def finish(self) -> None:
         """Close the W&B run (writes its summary and files; offline runs become syncable)."""

@@ -112,6 +112,13 @@ def test_offline_run_records_metrics_and_config(no_wandb_credentials, tmp_path):
         assert key in history, key
     assert len(history["val/recall@20"]) == 2  # one value per epoch: a curve in W&B
     assert history["test/recall@20"][-1] == pytest.approx(float(cli.trainer.logged_metrics["test/recall@20"]))
+    # the top-K curve: one line per metric over the cut-offs 5, 10, 20, 50, stored as a W&B table
+    assert history["test/topk_curve_table/_type"] == ["table-file"]
+    table = json.loads((run_dir / "files" / history["test/topk_curve_table/path"][0]).read_text())
+    column = {name: index for index, name in enumerate(table["columns"])}  # step (K), lineKey, lineVal
+    points = {(row[column["lineKey"]], row[column["step"]]): row[column["lineVal"]] for row in table["data"]}
+    assert {k for _, k in points} == {5, 10, 20, 50} and {name for name, _ in points} >= {"recall", "ndcg"}
+    assert points[("recall", 20)] == pytest.approx(history["test/recall@20"][-1])
     # the CSV log holds the same metrics
     csv_files = list((tmp_path / "csv").rglob("metrics.csv"))
     assert csv_files and "val/recall@20" in csv_files[0].read_text().splitlines()[0]

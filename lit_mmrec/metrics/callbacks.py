@@ -25,11 +25,12 @@ class RankingEvaluator(Callback):
     :class:`RankingBatch`; this callback masks the items the user already has, takes the top
     ``max(ks)``, looks the held-out items up with ``gather`` and accumulates
     :class:`TopKRankingMetrics`. It also logs the best validation value of ``monitor`` so far
-    (``val/recall@20_best``) and the epoch it came from (``val/best_epoch``).
+    (``val/recall@20_best``) and the epoch it came from (``val/best_epoch``). ``ks`` defaults to
+    MMRec's cut-offs 5, 10, 20 and 50.
     """
 
     def __init__(self, ks: list[int] | None = None, monitor: str = "recall@20") -> None:
-        self.ks = sorted(set(ks or [10, 20]))
+        self.ks = sorted(set(ks or [5, 10, 20, 50]))
         available = [f"{name}@{k}" for name in METRIC_NAMES for k in self.ks]
         if monitor not in available:
             raise ValueError(f"evaluation monitor {monitor!r} is not computed; choose one of {available} "
