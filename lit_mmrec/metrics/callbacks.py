@@ -47,8 +47,11 @@ class RankingEvaluator(Callback):
     def _update(self, stage: str, scores: torch.Tensor, batch: RankingBatch) -> None:
         metric = self.metrics[stage]
         mask_scores(scores, batch.exclude_rows, batch.exclude_cols)
-        top_items = scores.topk(metric.max_k, dim=1).indices  # [B, max_k]
+        depth = min(metric.max_k, scores.shape[1])  # a cut-off beyond the catalogue ranks every item
+        top_items = scores.topk(depth, dim=1).indices  # [B, depth]
         hits = hit_matrix(top_items, batch.target_rows, batch.target_cols, scores.shape[1])
+        if depth < metric.max_k:  # positions past the last item hold no hit
+            hits = torch.cat([hits, hits.new_zeros(hits.shape[0], metric.max_k - depth)], dim=1)
         metric.update(hits, batch.n_targets)
 
     def _finish(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:

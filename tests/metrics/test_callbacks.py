@@ -31,3 +31,19 @@ def test_last_checkpoint_is_the_latest_state(tmp_path: Path, callback_class, las
     state = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
     # Lightning's own callback leaves last.ckpt at the best epoch (step 4); ours holds the final state
     assert state["global_step"] == last_step
+
+
+def test_cut_offs_beyond_the_catalogue_rank_every_item():
+    from lit_mmrec.data.sampling import RankingBatch
+    from lit_mmrec.metrics import RankingEvaluator
+
+    evaluator = RankingEvaluator(ks=[2, 50], monitor="recall@2")  # 4 items only
+    scores = torch.tensor([[0.9, 0.8, 0.1, 0.0], [0.0, 0.1, 0.2, 0.3]])
+    # user 0: held-out items 2 and 3; user 1: held-out item 0 (ranked last); nothing excluded
+    batch = RankingBatch(torch.tensor([0, 1]), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long),
+                         torch.tensor([0, 0, 1]), torch.tensor([2, 3, 0]), torch.tensor([2, 1]))
+    evaluator._update("val", scores, batch)
+    results = evaluator.metrics["val"].compute()
+    assert float(results["recall@2"]) == 0.0
+    assert float(results["recall@50"]) == 1.0  # every item is within the top 50 of a 4-item catalogue
+    assert float(results["precision@50"]) == pytest.approx((2 / 50 + 1 / 50) / 2)
