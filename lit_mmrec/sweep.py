@@ -83,6 +83,11 @@ class Parameter:
     sigma: float = 1.0
     q: float | None = None
 
+    def _category_edges(self) -> np.ndarray:
+        """[0, p_1, p_1 + p_2, ..., 1]: each category's share of [0, 1] (uniform unless ``probabilities``)."""
+        n = len(self.values)
+        return np.concatenate([[0.0], np.cumsum(self.probabilities or [1.0 / n] * n)])
+
     def _quantise(self, value: float) -> float:
         return value if self.q is None else round(value / self.q) * self.q
 
@@ -92,8 +97,8 @@ class Parameter:
         if kind == "constant":
             return self.values[0]
         if kind == "categorical":
-            cumulative = np.cumsum(self.probabilities or [1.0 / len(self.values)] * len(self.values))
-            return self.values[min(int(np.searchsorted(cumulative, u, side="right")), len(self.values) - 1)]
+            upper = self._category_edges()[1:]
+            return self.values[min(int(np.searchsorted(upper, u, side="right")), len(self.values) - 1)]
         if kind == "int_uniform":
             span = int(self.high) - int(self.low) + 1
             return int(self.low) + min(int(u * span), span - 1)
@@ -113,9 +118,8 @@ class Parameter:
         if kind == "constant":
             return 0.5
         if kind == "categorical":
-            index = self.values.index(value)
-            cumulative = np.concatenate([[0.0], np.cumsum(self.probabilities or [1.0 / len(self.values)] * len(self.values))])
-            return float((cumulative[index] + cumulative[index + 1]) / 2)
+            index, edges = self.values.index(value), self._category_edges()
+            return float((edges[index] + edges[index + 1]) / 2)
         if kind == "int_uniform":
             span = int(self.high) - int(self.low) + 1
             return (int(value) - int(self.low) + 0.5) / span
@@ -509,7 +513,6 @@ def run_sweep(spec: SweepSpec, count: int, output: Path, workdir: Path, seed: in
     output.mkdir(parents=True, exist_ok=True)
     journal = output / "trials.jsonl"
     records = load_records(journal)
-    best = best_record(spec, records)
     while len(records) < count:
         index = len(records)
         params = propose(spec, index, records, seed)
@@ -530,12 +533,11 @@ def run_sweep(spec: SweepSpec, count: int, output: Path, workdir: Path, seed: in
         with journal.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(asdict(record)) + "\n")
         if config is not None and best_record(spec, records) is record:
-            best = record
             (output / "best_config.yaml").write_text(
                 f"# best trial {record.index} of sweep {spec.name}: {spec.metric} = {record.value:.6f}\n"
                 + config, encoding="utf-8")
         (output / "trials.md").write_text(trial_table(spec, records), encoding="utf-8")
-    if best is None:
+    if best_record(spec, records) is None:
         raise RuntimeError(f"no trial of {spec.source} produced {spec.metric}; see {output / 'trials.md'}")
     return records
 
