@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,15 +79,36 @@ def wandb_records(path: Path) -> Iterator[bytes]:
             yield pending + chunk
 
 
-def read_offline_run(run_dir: Path) -> tuple[dict[str, list], dict[str, object]]:
-    """History (key -> values in order) and config (key -> value) recorded by an offline W&B run."""
+def complete_offline_records(run_dir: Path, timeout: float = 120.0) -> list:
+    """The records of an offline run once its file holds the ``exit`` record.
+
+    ``run.finish()`` returns when W&B's service has processed the exit, but the service closes (flushes)
+    the run's file asynchronously afterwards, so on a busy machine the file can still be short for a while.
+    """
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2
 
+    deadline = time.monotonic() + timeout
+    while True:
+        records = []
+        try:
+            for raw in wandb_records(next(run_dir.glob("run-*.wandb"))):
+                record = wandb_internal_pb2.Record()
+                record.ParseFromString(raw)
+                records.append(record)
+        except (AssertionError, DecodeError, struct.error, StopIteration):
+            records = []  # not written yet, or cut mid-record
+        if records and records[-1].WhichOneof("record_type") == "exit":
+            return records
+        assert time.monotonic() < deadline, f"{run_dir}: no exit record after {timeout} s"
+        time.sleep(0.2)
+
+
+def read_offline_run(run_dir: Path) -> tuple[dict[str, list], dict[str, object]]:
+    """History (key -> values in order) and config (key -> value) recorded by an offline W&B run."""
     history: dict[str, list] = {}
     config: dict[str, object] = {}
-    for raw in wandb_records(next(run_dir.glob("run-*.wandb"))):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
+    for record in complete_offline_records(run_dir):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             for item in record.history.item:
