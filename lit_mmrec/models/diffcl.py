@@ -12,7 +12,7 @@ from lit_mmrec.models.base import RecommenderModule, user_item_table
 from lit_mmrec.models.components import LayerCombination, combine_layers, info_nce, propagate, sparse_matmul
 from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, linear_noise_schedule
 
-UserModalityInput = Literal["aggregate", "learned"]
+UserModalityInput = Literal["aggregate", "learned", "id"]
 
 
 class DiffCL(RecommenderModule):
@@ -44,7 +44,9 @@ class DiffCL(RecommenderModule):
         * ``user_modality_input``: users' per-modality inputs. ``aggregate`` (default; MMRec's graph
           models such as LATTICE/FREEDOM/LGMRec) = the mean of the projected features of the user's
           training items, ``R_norm h_m``; ``learned`` = a free user embedding table per modality
-          (MMGCN/DualGNN style).
+          (MMGCN/DualGNN style); ``id`` = the user's ID embedding, shared by the ID graph and every
+          modality graph (DiffMM's ``[E_u; normalize(h_m)]``; the paper's Fig. 2 draws the modality
+          encoders' user side as ID embeddings).
         * Denoiser: DiffMM's MLP ``Linear(d + time_dim, hidden) -> tanh -> Linear(hidden, d)`` with a
           sinusoidal step embedding, one per modality; ``denoiser_dropout`` (the paper's dropout 0.5)
           applies to its input, as in DiffMM. ``diffusion_steps`` T = 5 and the view step ``view_step``
@@ -55,7 +57,12 @@ class DiffCL(RecommenderModule):
           the current embeddings (gradients flow through both views and the denoiser).
         * Gaussian parameters in L_align are the per-dimension mean and standard deviation over the
           batch's users and items of the final ID and modality embeddings; |.| is the mean absolute
-          difference over dimensions.
+          difference over dimensions. ``align_to_fixed_id`` (default) makes the ID statistics the fixed
+          target (no gradient into the ID embeddings): the paper aligns the modalities *guided by* the
+          stable ID embeddings and warns against alignment that disrupts the interaction signal. With
+          gradients both ways, on TikTok the ID embeddings are pulled up to the modality embeddings'
+          scale within an epoch and the model overfits from epoch 3 (validation Recall@20 0.086 at
+          best, against 0.097 without alignment); ``false`` gives the symmetric loss.
         * Diffusion views use E_m before the item-item enhancement (the paper's section order).
         * ``normalise_item_features``: L2-normalise each item's projected features (DiffMM's
           ``F.normalize(Trans(f))``). Off by default (MMRec's models project raw features); needed when
@@ -94,6 +101,7 @@ class DiffCL(RecommenderModule):
         sampling_noise: bool = False,
         diffusion_weight: float = 1.0,
         normalise_item_features: bool = False,
+        align_to_fixed_id: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(n_users, n_items, feature_dims=feature_dims, **kwargs)
@@ -114,6 +122,7 @@ class DiffCL(RecommenderModule):
         self.sampling_noise = sampling_noise
         self.diffusion_weight = diffusion_weight
         self.normalise_item_features = normalise_item_features
+        self.align_to_fixed_id = align_to_fixed_id
 
         self.id_embedding = user_item_table(n_users, n_items, embedding_dim)
         self.projections = nn.ModuleDict({m: nn.Linear(d, embedding_dim) for m, d in self.feature_dims.items()})
@@ -161,6 +170,8 @@ class DiffCL(RecommenderModule):
         """E_m^(0) = [users; items] [n_users + n_items, d] for the graph encoder."""
         if self.user_modality_input == "learned":
             users = self.user_modality[modality]
+        elif self.user_modality_input == "id":
+            users = self.id_embedding[: self.n_users]
         else:
             users = sparse_matmul(self.user_item_mean, item_features, self.user_item_mean_t)
         return torch.cat([users, item_features], dim=0)
@@ -178,19 +189,28 @@ class DiffCL(RecommenderModule):
             return torch.stack([self.fusion_mu, 1 - self.fusion_mu])
         return torch.softmax(self.fusion_logits, dim=0)
 
-    def encode_all(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """E_id, the encoder outputs E_m (before enhancement) and the final E_m (after), all [N, d]."""
-        id_final = self._encode(self.id_embedding)
-        encoded, final = {}, {}
+    def encode_parts(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """E_id and the encoder outputs E_m [N, d], and the item-item enhancements [n_items, d] of each
+        modality (``None`` with ``use_item_item`` off)."""
+        inputs, enhancement = [self.id_embedding], {}
         for modality in self.modalities:
             item_features = self.modality_item_features(modality)
-            encoded[modality] = self._encode(self.modality_inputs(modality, item_features))
+            inputs.append(self.modality_inputs(modality, item_features))
             if self.use_item_item:
-                enhancement = self.item_item_enhancement(modality, item_features)
-                final[modality] = torch.cat([encoded[modality][: self.n_users],
-                                             encoded[modality][self.n_users :] + enhancement])
-            else:
-                final[modality] = encoded[modality]
+                enhancement[modality] = self.item_item_enhancement(modality, item_features)
+        # the ID graph and every modality graph share the user-item adjacency: one sparse product over
+        # the side-by-side columns [E_id | E_1 | ... | E_M] per layer instead of M + 1 narrow ones
+        outputs = self._encode(torch.cat(inputs, dim=1)).split(self.id_embedding.shape[1], dim=1)
+        encoded = dict(zip(self.modalities, outputs[1:]))
+        return outputs[0], encoded, enhancement if self.use_item_item else None
+
+    def encode_all(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """E_id, the encoder outputs E_m (before enhancement) and the final E_m (after), all [N, d]."""
+        id_final, encoded, enhancement = self.encode_parts()
+        if enhancement is None:
+            return id_final, encoded, dict(encoded)
+        final = {m: torch.cat([encoded[m][: self.n_users], encoded[m][self.n_users :] + enhancement[m]])
+                 for m in self.modalities}
         return id_final, encoded, final
 
     def fuse(self, final: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -219,48 +239,64 @@ class DiffCL(RecommenderModule):
         prediction = self.denoisers[modality](self.diffusion.q_sample(target, t), t)
         return (prediction - target).pow(2).mean()
 
-    def contrastive_loss(self, encoded: dict[str, torch.Tensor], users: torch.Tensor, items: torch.Tensor
-                         ) -> torch.Tensor:
-        """``sum_m (L_u^m + L_i^m)`` over two diffusion views of E_m (eq 13-16), unweighted."""
-        rows = torch.cat([users, items + self.n_users])
+    def contrastive_loss(self, x0: dict[str, torch.Tensor], n_users: int) -> torch.Tensor:
+        """``sum_m (L_u^m + L_i^m)`` over two diffusion views of E_m (eq 13-16), unweighted; ``x0[m]`` holds
+        the encoder outputs of the batch's unique users (first ``n_users`` rows) then unique items."""
         total = 0.0
         for modality in self.modalities:
-            x0 = encoded[modality][rows]
-            view_a, view_b = self.diffusion_view(modality, x0), self.diffusion_view(modality, x0)
-            n_u = users.shape[0]
-            total = total + info_nce(view_a[:n_u], view_b[:n_u], self.tau) + info_nce(view_a[n_u:], view_b[n_u:], self.tau)
+            # both views in one pass: independent noise and dropout per row, half the operator calls
+            view_a, view_b = self.diffusion_view(modality, x0[modality].repeat(2, 1)).chunk(2)
+            total = total + info_nce(view_a[:n_users], view_b[:n_users], self.tau) \
+                + info_nce(view_a[n_users:], view_b[n_users:], self.tau)
         return total
 
-    def alignment_loss(self, id_final: torch.Tensor, final: dict[str, torch.Tensor], rows: torch.Tensor
-                       ) -> torch.Tensor:
-        """``sum_m |mu_id - mu_m| + |sigma_id - sigma_m|`` (eq 25-27), unweighted."""
-        id_rows = id_final[rows]
+    def alignment_loss(self, id_rows: torch.Tensor, final_rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``sum_m |mu_id - mu_m| + |sigma_id - sigma_m|`` (eq 25-27) over the given rows of the final ID
+        and modality embeddings, unweighted."""
+        id_rows = id_rows.detach() if self.align_to_fixed_id else id_rows
         mean_id, std_id = id_rows.mean(dim=0), id_rows.std(dim=0)
         total = 0.0
         for modality in self.modalities:
-            rows_m = final[modality][rows]
+            rows_m = final_rows[modality]
             total = total + (mean_id - rows_m.mean(dim=0)).abs().mean() + (std_id - rows_m.std(dim=0)).abs().mean()
         return total
 
     def training_losses(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
                         ) -> dict[str, torch.Tensor]:
-        id_final, encoded, final = self.encode_all()
-        combined = torch.cat([self.fuse(final), id_final], dim=1)
-        u = combined[users]
-        p = combined[positives + self.n_users]
-        n = combined[negatives + self.n_users]
+        id_final, encoded, enhancement = self.encode_parts()
+        unique_users, unique_items = torch.unique(users), torch.unique(positives)
+        # every row the losses need, gathered from each full table once (each gather's backward writes a
+        # full-table gradient, so one gather per table instead of one per use): batch users, unique users |
+        # positives, negatives, unique items
+        user_rows = torch.cat([users, unique_users])
+        item_rows = torch.cat([positives, negatives, unique_items])
+        rows = torch.cat([user_rows, item_rows + self.n_users])
+        n_user_rows, b = user_rows.shape[0], users.shape[0]
+        id_rows = id_final[rows]
+        encoded_rows = {m: encoded[m][rows] for m in self.modalities}
+        if enhancement is None:
+            final_rows = encoded_rows
+        else:
+            final_rows = {m: torch.cat([encoded_rows[m][:n_user_rows],
+                                        encoded_rows[m][n_user_rows:] + enhancement[m][item_rows]])
+                          for m in self.modalities}
+        combined = torch.cat([self.fuse(final_rows), id_rows], dim=1)  # score = fused dot + ID dot
+        item_start = n_user_rows
+        u = combined[:b]
+        p = combined[item_start : item_start + b]
+        n = combined[item_start + b : item_start + 2 * b]
         losses = self.bpr_and_reg(u, p, n, users, positives, negatives)
-        unique_users = torch.unique(users)
-        unique_items = torch.unique(positives)
-        batch_rows = torch.cat([unique_users, unique_items + self.n_users])
+        # the batch's unique users then unique items (the rows of the auxiliary losses)
+        unique_rows = torch.cat([torch.arange(b, n_user_rows, device=rows.device),
+                                 torch.arange(item_start + 2 * b, rows.shape[0], device=rows.device)])
         if self.lambda_e > 0:
-            losses["emb"] = self.lambda_e * sum(final[m][batch_rows].pow(2).mean() for m in self.modalities)
+            losses["emb"] = self.lambda_e * sum(final_rows[m][unique_rows].pow(2).mean() for m in self.modalities)
         if self.use_diffusion_cl:
-            losses["cl"] = self.lambda_cl * self.contrastive_loss(encoded, unique_users, unique_items)
+            x0 = {m: encoded_rows[m][unique_rows] for m in self.modalities}
+            losses["cl"] = self.lambda_cl * self.contrastive_loss(x0, unique_users.shape[0])
             if self.diffusion_weight > 0:
-                losses["diffusion"] = self.diffusion_weight * sum(
-                    self.denoising_loss(m, encoded[m][batch_rows]) for m in self.modalities
-                )
+                losses["diffusion"] = self.diffusion_weight * sum(self.denoising_loss(m, x0[m]) for m in self.modalities)
         if self.use_alignment:
-            losses["align"] = self.lambda_align * self.alignment_loss(id_final, final, batch_rows)
+            losses["align"] = self.lambda_align * self.alignment_loss(
+                id_rows[unique_rows], {m: final_rows[m][unique_rows] for m in self.modalities})
         return losses

@@ -63,10 +63,37 @@ def test_alignment_loss_matches_eq_27(tiny_datamodule):
     id_final = torch.tensor([[0.0, 1.0], [2.0, 1.0], [0.0, 3.0], [2.0, 3.0]])
     image = id_final + 1.0  # same spread, mean shifted by 1 -> |mu| term 1, |sigma| term 0
     text = id_final * 2.0   # mean doubled, std doubled
-    loss = model.alignment_loss(id_final, {"image": image, "text": text}, rows)
+    loss = model.alignment_loss(id_final[rows], {"image": image[rows], "text": text[rows]})
     mean, std = id_final.mean(0), id_final.std(0)
     expected = 1.0 + ((mean - 2 * mean).abs().mean() + (std - 2 * std).abs().mean())
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_alignment_treats_the_id_statistics_as_a_fixed_target(tiny_datamodule):
+    id_rows = torch.randn(6, 4, requires_grad=True)
+    image, text = torch.randn(6, 4, requires_grad=True), torch.randn(6, 4, requires_grad=True)
+    build(tiny_datamodule).alignment_loss(id_rows, {"image": image, "text": text}).backward()
+    assert id_rows.grad is None and image.grad.abs().sum() > 0 and text.grad.abs().sum() > 0
+    build(tiny_datamodule, align_to_fixed_id=False).alignment_loss(id_rows, {"image": image, "text": text}).backward()
+    assert id_rows.grad.abs().sum() > 0
+
+
+def test_training_losses_match_the_full_table_formulas(tiny_datamodule):
+    """The batch's rows are gathered once per table; the loss terms are those of eq 29-33 on the full tables."""
+    model = build(tiny_datamodule, use_diffusion_cl=False, lambda_e=0.3, lambda_align=0.2, reg_weight=0.0)
+    users, positives, negatives = next(iter(tiny_datamodule.train_dataloader()))
+    losses = model.training_losses(users, positives, negatives)
+    id_final, _, final = model.encode_all()
+    combined = torch.cat([model.fuse(final), id_final], dim=1)
+    u, p, n = combined[users], combined[positives + 60], combined[negatives + 60]
+    expected_bpr = -torch.nn.functional.logsigmoid((u * p).sum(1) - (u * n).sum(1)).mean()
+    rows = torch.cat([torch.unique(users), torch.unique(positives) + 60])
+    expected_emb = 0.3 * sum(final[m][rows].pow(2).mean() for m in ("image", "text"))
+    expected_align = 0.2 * sum((id_final[rows].mean(0) - final[m][rows].mean(0)).abs().mean()
+                               + (id_final[rows].std(0) - final[m][rows].std(0)).abs().mean() for m in ("image", "text"))
+    torch.testing.assert_close(losses["bpr"], expected_bpr)
+    torch.testing.assert_close(losses["emb"], expected_emb)
+    torch.testing.assert_close(losses["align"], expected_align)
 
 
 @pytest.mark.parametrize(

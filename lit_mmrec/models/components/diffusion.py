@@ -113,7 +113,7 @@ class GaussianDiffusion(nn.Module):
         """
         x = x_t
         for step in range(start_step, 0, -1):  # T is small (a handful of steps)
-            t = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
+            t = torch.full((1,), step, dtype=torch.long, device=x.device)  # the same step for every row
             x0_hat = denoiser(x, t)
             if step == 1:
                 return x0_hat
@@ -155,10 +155,15 @@ class MLPDenoiser(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, input_dropout: bool = True) -> torch.Tensor:
         """x0 prediction; ``input_dropout=False`` skips the input dropout (for callers that drop once
         for several denoisers)."""
-        time = self.time_projection(timestep_embedding(t, self.time_dim))
         x = F.normalize(x_t, dim=-1) if self.normalise_input else x_t
         x = self.dropout(x) if input_dropout else x
-        hidden = torch.tanh(self.input_layer(torch.cat([x, time], dim=-1)))
+        # in([x, emb(t)]) without building the concatenation: W_x x + (W_t emb(t) + b); a step vector t
+        # of length 1 (one step for every row, as in the reverse process) makes the time term one row
+        n = x.shape[-1]
+        weight = self.input_layer.weight
+        time = F.linear(self.time_projection(timestep_embedding(t, self.time_dim)), weight[:, n:],
+                        self.input_layer.bias)  # [B or 1, H]
+        hidden = torch.tanh(torch.addmm(time, x, weight[:, :n].T))
         return self.output_layer(hidden)
 
 
