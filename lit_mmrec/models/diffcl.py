@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_mmrec.models.base import RecommenderModule, user_item_table
-from lit_mmrec.models.components import LayerCombination, combine_layers, info_nce, propagate, sparse_matmul
+from lit_mmrec.models.components import (
+    LayerCombination,
+    combine_layers,
+    info_nce,
+    l2_regularisation,
+    propagate,
+    sparse_matmul,
+)
 from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, linear_noise_schedule
 
 UserModalityInput = Literal["aggregate", "learned", "id"]
@@ -44,7 +51,7 @@ class DiffCL(RecommenderModule):
         * ``user_modality_input``: users' per-modality inputs. ``aggregate`` (default; MMRec's graph
           models such as LATTICE/FREEDOM/LGMRec) = the mean of the projected features of the user's
           training items, ``R_norm h_m``; ``learned`` = a free user embedding table per modality
-          (MMGCN/DualGNN style); ``id`` = the user's ID embedding, shared by the ID graph and every
+          (MMGCN/DualGNN style; its batch rows get the same L2 ``reg_weight`` as the ID rows); ``id`` = the user's ID embedding, shared by the ID graph and every
           modality graph (DiffMM's ``[E_u; normalize(h_m)]``; the paper's Fig. 2 draws the modality
           encoders' user side as ID embeddings).
         * Denoiser: DiffMM's MLP ``Linear(d + time_dim, hidden) -> tanh -> Linear(hidden, d)`` with a
@@ -286,6 +293,10 @@ class DiffCL(RecommenderModule):
         p = combined[item_start : item_start + b]
         n = combined[item_start + b : item_start + 2 * b]
         losses = self.bpr_and_reg(u, p, n, users, positives, negatives)
+        if self.user_modality_input == "learned" and self.reg_weight > 0:
+            # the per-modality user tables are input embeddings too: the same L2 as the ID rows
+            losses["reg"] = losses["reg"] + self.reg_weight * l2_regularisation(
+                *(self.user_modality[m][users] for m in self.modalities))
         # the batch's unique users then unique items (the rows of the auxiliary losses)
         unique_rows = torch.cat([torch.arange(b, n_user_rows, device=rows.device),
                                  torch.arange(item_start + 2 * b, rows.shape[0], device=rows.device)])

@@ -139,3 +139,14 @@ def test_diffcl_trains_with_lightning(tiny_datamodule, tmp_path):
     trainer.fit(model, datamodule=tiny_datamodule)
     assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
     assert 0.0 <= float(trainer.callback_metrics["val/recall@20"]) <= 1.0
+
+
+def test_learned_user_tables_share_the_id_l2(tiny_datamodule):
+    model = build(tiny_datamodule, user_modality_input="learned", reg_weight=0.5, use_diffusion_cl=False)
+    users, positives, negatives = next(iter(tiny_datamodule.train_dataloader()))
+    reg = model.training_losses(users, positives, negatives)["reg"]
+    table = model.id_embedding
+    rows = [table[users], table[positives + 60], table[negatives + 60],
+            model.user_modality["image"][users], model.user_modality["text"][users]]
+    expected = 0.5 * sum(r.pow(2).sum() for r in rows) / (2 * users.shape[0])
+    torch.testing.assert_close(reg, expected)
