@@ -374,13 +374,16 @@ class DASRec(RecommenderModule):
     def aggregate(self, inputs: dict[str, torch.Tensor], graphs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Final representations H_bar [N, d] (eq 29-32)."""
         adjacency = self.graphs.norm_adjacency
-        items = self.id_embedding[self.n_users:]
+        n_modalities = len(self.modalities)
         weights = torch.softmax(self.modality_logits, dim=0)
+        # the interaction-graph terms of every modality as one sparse product over side-by-side columns
+        # [m_1 | ... | m_M] (same result as one product per modality, fewer and wider products)
+        first = sparse_matmul(adjacency, torch.cat([inputs[m] for m in self.modalities], dim=1))
+        items = self.id_embedding[self.n_users:].repeat(1, n_modalities)
+        second = sparse_matmul(adjacency, torch.cat([first[: self.n_users], items]))
+        terms = (first + second).chunk(n_modalities, dim=1)
         fused = 0.0
-        for weight, modality in zip(weights, self.modalities):
-            first = sparse_matmul(adjacency, inputs[modality])
-            second = sparse_matmul(adjacency, torch.cat([first[: self.n_users], items]))
-            z = first + second
+        for weight, modality, z in zip(weights, self.modalities, terms):
             if self.use_diffusion_graphs and self.modality_graph_weight:
                 z = z + self.modality_graph_weight * sparse_matmul(graphs[modality], self.id_embedding)
             fused = fused + weight * z  # eq 30
@@ -390,11 +393,10 @@ class DASRec(RecommenderModule):
     def contrastive_views(self, inputs: dict[str, torch.Tensor], graphs: dict[str, torch.Tensor]
                           ) -> dict[str, torch.Tensor]:
         """Z_bar_m [N, d] per modality (eq 22-25)."""
-        views = {}
-        for modality in self.modalities:
-            start = sparse_matmul(graphs[modality], inputs[modality])  # eq 22
-            views[modality] = sum(propagate(self.graphs.norm_adjacency, start, self.n_layers))  # eq 24-25
-        return views
+        starts = [sparse_matmul(graphs[m], inputs[m]) for m in self.modalities]  # eq 22
+        # the propagation over the interaction graph is shared: all modalities' columns at once (eq 24-25)
+        views = sum(propagate(self.graphs.norm_adjacency, torch.cat(starts, dim=1), self.n_layers))
+        return dict(zip(self.modalities, views.chunk(len(self.modalities), dim=1)))
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         final = self.aggregate(self.modality_inputs(), self.modality_graphs())

@@ -229,6 +229,17 @@ def test_contrastive_loss_has_both_anchors(tiny_datamodule):
     torch.testing.assert_close(model.contrastive_loss(final, views, users, items), modality_anchor + main_anchor)
 
 
+def test_contrastive_views_are_eq_22_25(tiny_datamodule):
+    model = build(tiny_datamodule, n_layers=2)
+    inputs, graphs = model.modality_inputs(), model.modality_graphs()
+    a = tiny_datamodule.graphs.norm_adjacency.to_dense()
+    views = model.contrastive_views(inputs, graphs)
+    for m in model.modalities:
+        start = graphs[m].to_dense() @ inputs[m].detach()
+        expected = start + a @ start + a @ (a @ start)
+        torch.testing.assert_close(views[m].detach(), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_aggregation_is_eq_29_32(tiny_datamodule):
     model = build(tiny_datamodule, omega=0.3, modality_graph_weight=0.2, n_layers=2)
     inputs, graphs = model.modality_inputs(), model.modality_graphs()
