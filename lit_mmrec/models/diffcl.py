@@ -51,9 +51,10 @@ class DiffCL(RecommenderModule):
         * ``user_modality_input``: users' per-modality inputs. ``aggregate`` (default; MMRec's graph
           models such as LATTICE/FREEDOM/LGMRec) = the mean of the projected features of the user's
           training items, ``R_norm h_m``; ``learned`` = a free user embedding table per modality
-          (MMGCN/DualGNN style; its batch rows get the same L2 ``reg_weight`` as the ID rows); ``id`` = the user's ID embedding, shared by the ID graph and every
-          modality graph (DiffMM's ``[E_u; normalize(h_m)]``; the paper's Fig. 2 draws the modality
-          encoders' user side as ID embeddings).
+          (MMGCN/DualGNN style; its batch rows get the same L2 ``reg_weight`` as the ID rows); ``id``
+          = the user's ID embedding, shared by the ID graph and every modality graph (DiffMM's
+          ``[E_u; normalize(h_m)]``; the paper's Fig. 2 draws the modality encoders' user side as ID
+          embeddings). On TikTok ``learned`` validated best (docs/results.md).
         * Denoiser: DiffMM's MLP ``Linear(d + time_dim, hidden) -> tanh -> Linear(hidden, d)`` with a
           sinusoidal step embedding, one per modality; ``denoiser_dropout`` (the paper's dropout 0.5)
           applies to its input, as in DiffMM. ``diffusion_steps`` T = 5 and the view step ``view_step``
