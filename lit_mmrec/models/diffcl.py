@@ -57,7 +57,8 @@ class DiffCL(RecommenderModule):
           embeddings). On TikTok ``learned`` validated best (docs/results.md).
         * Denoiser: DiffMM's MLP ``Linear(d + time_dim, hidden) -> tanh -> Linear(hidden, d)`` with a
           sinusoidal step embedding, one per modality; ``denoiser_dropout`` (the paper's dropout 0.5)
-          applies to its input, as in DiffMM. ``diffusion_steps`` T = 5 and the view step ``view_step``
+          applies to its input in the denoising objective and not in the reverse process that makes
+          the views, as in DiffMM. ``diffusion_steps`` T = 5 and the view step ``view_step``
           (default T) are DiffMM's usual sizes; Sigma_theta is fixed to the posterior variance and the
           reverse process adds no noise unless ``sampling_noise`` (DiffMM).
         * The InfoNCE denominators run over the unique users / positive items of the training batch

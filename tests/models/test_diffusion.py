@@ -39,11 +39,19 @@ def test_reverse_with_a_perfect_denoiser_recovers_x0():
     x0 = torch.randn(6, 3)
 
     class Oracle(torch.nn.Module):
-        def forward(self, x_t, t):
+        def forward(self, x_t, t, input_dropout=True):
             return x0
 
     x_t = diffusion.q_sample(x0, torch.full((6,), 4))
     torch.testing.assert_close(diffusion.reverse(Oracle(), x_t, 4), x0)
+
+
+def test_reverse_process_runs_without_input_dropout_in_training():
+    diffusion = GaussianDiffusion(linear_noise_schedule(4, 1.0, 0.05, 0.4))
+    denoiser = MLPDenoiser(dim=5, hidden_dim=7, time_dim=4, dropout=0.5).train()
+    x_t = torch.randn(8, 5)
+    torch.testing.assert_close(diffusion.reverse(denoiser, x_t, 4), diffusion.reverse(denoiser, x_t, 4))
+    assert not torch.equal(denoiser(x_t, torch.full((8,), 2)), denoiser(x_t, torch.full((8,), 2)))  # objective: on
 
 
 def test_mlp_denoiser_shapes():

@@ -109,12 +109,15 @@ class GaussianDiffusion(nn.Module):
 
         Each step uses the posterior mean with ``x0 = denoiser(x_t, t)`` (eq 14); with
         ``sampling_noise`` it adds ``sqrt(posterior_variance) * eps`` (Sigma fixed, DiffMM's choice).
-        The last step (t = 1, where the posterior mean is x0 itself) returns the prediction.
+        The last step (t = 1, where the posterior mean is x0 itself) returns the prediction. The
+        denoiser's input dropout is off in the reverse process, in training too (DiffMM's
+        ``p_mean_variance`` calls its denoiser with ``mess_dropout=False``): dropout belongs to the
+        denoising objective, not to sampling.
         """
         x = x_t
         for step in range(start_step, 0, -1):  # T is small (a handful of steps)
             t = torch.full((1,), step, dtype=torch.long, device=x.device)  # the same step for every row
-            x0_hat = denoiser(x, t)
+            x0_hat = denoiser(x, t, input_dropout=False)
             if step == 1:
                 return x0_hat
             coef_xt, coef_x0, variance = self.posterior_coefficients(t, row_scale)
