@@ -218,9 +218,14 @@ class DiffCL(RecommenderModule):
         id_final, encoded, enhancement = self.encode_parts()
         if enhancement is None:
             return id_final, encoded, dict(encoded)
-        final = {m: torch.cat([encoded[m][: self.n_users], encoded[m][self.n_users :] + enhancement[m]])
-                 for m in self.modalities}
+        final = {m: self.enhance_items(encoded[m], self.n_users, enhancement[m]) for m in self.modalities}
         return id_final, encoded, final
+
+    @staticmethod
+    def enhance_items(rows: torch.Tensor, n_user_rows: int, item_enhancement: torch.Tensor) -> torch.Tensor:
+        """Eq 23 on ``rows`` of E_m ordered users first: the item rows (from ``n_user_rows`` on) plus their
+        enhancement, the user rows as they are."""
+        return torch.cat([rows[:n_user_rows], rows[n_user_rows:] + item_enhancement])
 
     def fuse(self, final: dict[str, torch.Tensor]) -> torch.Tensor:
         weights = self.fusion_weights()
@@ -286,14 +291,12 @@ class DiffCL(RecommenderModule):
         if enhancement is None:
             final_rows = encoded_rows
         else:
-            final_rows = {m: torch.cat([encoded_rows[m][:n_user_rows],
-                                        encoded_rows[m][n_user_rows:] + enhancement[m][item_rows]])
+            final_rows = {m: self.enhance_items(encoded_rows[m], n_user_rows, enhancement[m][item_rows])
                           for m in self.modalities}
         combined = torch.cat([self.fuse(final_rows), id_rows], dim=1)  # score = fused dot + ID dot
-        item_start = n_user_rows
         u = combined[:b]
-        p = combined[item_start : item_start + b]
-        n = combined[item_start + b : item_start + 2 * b]
+        p = combined[n_user_rows : n_user_rows + b]
+        n = combined[n_user_rows + b : n_user_rows + 2 * b]
         losses = self.bpr_and_reg(u, p, n, users, positives, negatives)
         if self.user_modality_input == "learned" and self.reg_weight > 0:
             # the per-modality user tables are input embeddings too: the same L2 as the ID rows
@@ -301,7 +304,7 @@ class DiffCL(RecommenderModule):
                 *(self.user_modality[m][users] for m in self.modalities))
         # the batch's unique users then unique items (the rows of the auxiliary losses)
         unique_rows = torch.cat([torch.arange(b, n_user_rows, device=rows.device),
-                                 torch.arange(item_start + 2 * b, rows.shape[0], device=rows.device)])
+                                 torch.arange(n_user_rows + 2 * b, rows.shape[0], device=rows.device)])
         if self.lambda_e > 0:
             losses["emb"] = self.lambda_e * sum(final_rows[m][unique_rows].pow(2).mean() for m in self.modalities)
         if self.use_diffusion_cl:

@@ -155,18 +155,21 @@ class MLPDenoiser(nn.Module):
             nn.init.xavier_normal_(layer.weight)
             nn.init.normal_(layer.bias, std=0.001)
 
+    def time_term(self, t: torch.Tensor) -> torch.Tensor:
+        """The step's part of the input layer, ``W_t emb(t) + b`` [len(t), H]: ``in([x, emb(t)])`` is
+        ``W_x x`` plus this, so the concatenation is never built; a length-1 ``t`` (one step for every
+        row, as in the reverse process) gives one row that broadcasts."""
+        n = self.output_layer.out_features
+        return F.linear(self.time_projection(timestep_embedding(t, self.time_dim)), self.input_layer.weight[:, n:],
+                        self.input_layer.bias)
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, input_dropout: bool = True) -> torch.Tensor:
         """x0 prediction; ``input_dropout=False`` skips the input dropout (for callers that drop once
         for several denoisers)."""
         x = F.normalize(x_t, dim=-1) if self.normalise_input else x_t
         x = self.dropout(x) if input_dropout else x
-        # in([x, emb(t)]) without building the concatenation: W_x x + (W_t emb(t) + b); a step vector t
-        # of length 1 (one step for every row, as in the reverse process) makes the time term one row
-        n = x.shape[-1]
-        weight = self.input_layer.weight
-        time = F.linear(self.time_projection(timestep_embedding(t, self.time_dim)), weight[:, n:],
-                        self.input_layer.bias)  # [B or 1, H]
-        hidden = torch.tanh(torch.addmm(time, x, weight[:, :n].T))
+        weight_x = self.input_layer.weight[:, : self.output_layer.out_features]
+        hidden = torch.tanh(torch.addmm(self.time_term(t), x, weight_x.T))
         return self.output_layer(hidden)
 
 
@@ -186,14 +189,12 @@ def fast_reverse(diffusion: GaussianDiffusion, denoiser: MLPDenoiser, x_start: t
         raise ValueError("fast_reverse needs a denoiser in eval mode without input normalisation")
     n = denoiser.output_layer.out_features
     weight_x = denoiser.input_layer.weight[:, :n]  # [H, n]
-    weight_t = denoiser.input_layer.weight[:, n:]  # [H, time_dim]
     weight_out, bias_out = denoiser.output_layer.weight, denoiser.output_layer.bias  # [n, H], [n]
     carry = weight_out.T @ weight_x.T  # [H, H]: x0_hat's projection is h @ carry + carry_bias
     carry_bias = bias_out @ weight_x.T  # [H]
 
     def time_term(step: int) -> torch.Tensor:
-        t = torch.full((1,), step, dtype=torch.long, device=weight_x.device)
-        return denoiser.time_projection(timestep_embedding(t, denoiser.time_dim)) @ weight_t.T + denoiser.input_layer.bias
+        return denoiser.time_term(torch.full((1,), step, dtype=torch.long, device=weight_x.device))
 
     projected = torch.sparse.mm(x_start, weight_x.T) if x_start.is_sparse or x_start.layout == torch.sparse_csr \
         else x_start @ weight_x.T  # [B, H]
