@@ -10,7 +10,6 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
-from lightning.pytorch.trainer.states import TrainerFn
 
 from lit_mmrec.data.sampling import RankingBatch
 from lit_mmrec.metrics.ranking import METRIC_NAMES, TopKRankingMetrics, hit_matrix, mask_scores
@@ -97,18 +96,20 @@ class RankingEvaluator(Callback):
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` is the state after the latest validation.
+    """``ModelCheckpoint`` whose ``last.ckpt`` is the state at the end of the latest training epoch.
 
     Lightning >= 2.6 rewrites ``last.ckpt`` only when a new top-k checkpoint is saved, so after a few
     epochs without improvement ``last.ckpt`` lags behind and a resumed run would repeat them. Here,
-    with ``save_last``, every validation during fit also writes ``last.ckpt`` (all processes call
-    this; only rank 0 writes). Everything else (best-k selection, ``ckpt_path="best"``) is unchanged.
+    with ``save_last``, every training epoch's end also writes ``last.ckpt`` (all processes call this;
+    only rank 0 writes). It is written there, after the epoch's validation, and not at validation end:
+    a checkpoint from inside the epoch makes a resumed run re-enter that epoch's end without its
+    validation metrics, which early stopping then cannot find. Everything else (best-k selection,
+    ``ckpt_path="best"``) is unchanged.
     """
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if (not self.save_last or trainer.sanity_checking or trainer.fast_dev_run
-                or trainer.state.fn != TrainerFn.FITTING):
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not self.save_last or trainer.sanity_checking or trainer.fast_dev_run:
             return
         path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
         self.last_model_path = path  # part of the saved state, as Lightning's own last checkpoint
@@ -116,13 +117,22 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
 
 class TrainingTelemetry(Callback):
-    """Logs each epoch's wall-clock time (``train/epoch_seconds``) and learning rate (``train/lr``)."""
+    """Logs each epoch's wall-clock time (``train/epoch_seconds``) and learning rate (``train/lr``).
+
+    A run resumed from a checkpoint written after an epoch's last batch re-enters that epoch at its end
+    without starting it; no time is logged for it then.
+    """
+
+    def __init__(self) -> None:
+        self._start: float | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.log("train/epoch_seconds", time.perf_counter() - self._start, sync_dist=True)
+        if self._start is not None:
+            pl_module.log("train/epoch_seconds", time.perf_counter() - self._start, sync_dist=True)
+            self._start = None
         if trainer.optimizers:
             pl_module.log("train/lr", float(trainer.optimizers[0].param_groups[0]["lr"]), sync_dist=True)
 

@@ -1,4 +1,4 @@
-"""Checkpointing: ``last.ckpt`` follows every validation, even when the monitored metric stalls."""
+"""Checkpointing: ``last.ckpt`` follows every training epoch, even when the monitored metric stalls."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from lit_mmrec.metrics import BestAndLastCheckpoint
@@ -31,6 +31,24 @@ def test_last_checkpoint_is_the_latest_state(tmp_path: Path, callback_class, las
     state = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
     # Lightning's own callback leaves last.ckpt at the best epoch (step 4); ours holds the final state
     assert state["global_step"] == last_step
+
+
+def test_resuming_after_an_epoch_without_improvement_goes_on_with_the_next_epoch(tmp_path: Path):
+    # early stopping needs the validation metric at every epoch end: a last.ckpt written inside an
+    # epoch would make the resumed run re-enter that epoch's end without it
+    def trainer(max_epochs: int) -> tuple[L.Trainer, EarlyStopping]:
+        stopping = EarlyStopping(monitor="val/flat", mode="max", patience=5)
+        checkpoint = BestAndLastCheckpoint(dirpath=tmp_path, monitor="val/flat", mode="max", save_last=True)
+        return L.Trainer(default_root_dir=tmp_path, max_epochs=max_epochs, limit_train_batches=4,
+                         limit_val_batches=1, callbacks=[stopping, checkpoint], logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0), stopping
+
+    first, _ = trainer(2)
+    first.fit(StalledModel())
+    resumed, stopping = trainer(4)
+    resumed.fit(StalledModel(), ckpt_path=tmp_path / "last.ckpt")
+    assert resumed.current_epoch == 4 and resumed.global_step == 16
+    assert stopping.wait_count == 3  # epochs 1, 2 and 3 did not improve on epoch 0
 
 
 def test_cut_offs_beyond_the_catalogue_rank_every_item():
