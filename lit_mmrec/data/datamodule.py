@@ -20,7 +20,7 @@ from lit_mmrec.data.graphs import (
 )
 from lit_mmrec.data.interactions import InteractionData
 from lit_mmrec.data.readers import DatasetSource
-from lit_mmrec.data.sampling import BPRTriplets, RankingBatches, ShardedBatches, keep_batch
+from lit_mmrec.data.sampling import BPRTriplets, RankingBatches, ShardedBatches
 from lit_mmrec.data.synthetic import Synthetic
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class RecDataModule(L.LightningDataModule):
             item_item=item_item,
             features={name: torch.from_numpy(features) for name, features in data.features.items()},
         )
-        self.train_set = BPRTriplets(data.train, seed=self.seed)
+        self.train_set = BPRTriplets(data.train, self.train_batch_size, seed=self.seed)
         self._ranking = {
             "valid": RankingBatches.for_split(data.train, data.valid, self.eval_batch_size),
             "test": RankingBatches.for_split(data.train + data.valid, data.test, self.eval_batch_size),
@@ -137,9 +137,8 @@ class RecDataModule(L.LightningDataModule):
 
     # ---- loaders ----
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_set, batch_size=self.train_batch_size, shuffle=True, collate_fn=keep_batch, drop_last=False
-        )
+        # each element is already a batch (shuffled by the dataset, see BPRTriplets)
+        return DataLoader(self.train_set, batch_size=None, shuffle=False)
 
     def _ranking_loader(self, batches: RankingBatches) -> DataLoader:
         """Full-ranking batches in order; under several processes each batch goes to one process only

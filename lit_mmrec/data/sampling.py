@@ -39,41 +39,47 @@ def sample_negatives(
 
 
 class BPRTriplets(Dataset):
-    """One epoch = every training interaction once, each with a fresh uniform negative.
+    """One epoch of BPR batches: every training interaction once, in a fresh order, each with a fresh
+    uniform negative.
 
-    Indexing is by interaction; the data loader's (distributed) sampler shuffles and shards the
-    indices, and ``__getitems__`` turns a whole batch of indices into ``[3, B]`` tensors at once.
+    One element is a whole batch ``[3, B]`` of (user, positive, negative) rows, so the loader runs with
+    ``batch_size=None``: the epoch's order is one ``randperm``, a batch is a slice of it, and its
+    negatives are drawn for the batch at once (no per-interaction Python work, which torch's
+    ``RandomSampler`` + ``BatchSampler`` would do). Under DDP Lightning deals the batch indices to the
+    processes with a ``DistributedSampler``; the order depends on (seed, epoch) only, so the processes'
+    shares are disjoint, while negatives depend on the rank too.
     """
 
-    def __init__(self, train: sp.csr_matrix, seed: int = 0) -> None:
+    def __init__(self, train: sp.csr_matrix, batch_size: int, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"train batch size must be positive, got {batch_size}")
         coo = train.tocoo()
         self.users = torch.from_numpy(coo.row.astype(np.int64))
         self.items = torch.from_numpy(coo.col.astype(np.int64))
         self.n_items = train.shape[1]
+        self.batch_size = batch_size
         self.positive_keys = interaction_keys(train)
         self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator()
+        self.reseed(0)
 
     def reseed(self, epoch: int, rank: int = 0) -> None:
-        """Make the negatives of an epoch a function of (seed, epoch, rank), so resumed runs repeat them."""
+        """Make an epoch's order a function of (seed, epoch) and its negatives of (seed, epoch, rank), so
+        resumed runs repeat them."""
+        order_generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        self.order = torch.randperm(self.users.numel(), generator=order_generator)
         self.generator.manual_seed(self.seed * 1_000_003 + epoch * 1009 + rank)
 
     def __len__(self) -> int:
-        return self.users.numel()
+        return -(-self.users.numel() // self.batch_size)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.__getitems__([index])[:, 0]
-
-    def __getitems__(self, indices: list[int]) -> torch.Tensor:
-        index = torch.as_tensor(indices, dtype=torch.long)
+    def __getitem__(self, batch: int) -> torch.Tensor:
+        if not 0 <= batch < len(self):
+            raise IndexError(f"batch {batch} out of range for an epoch of {len(self)} batches")
+        index = self.order[batch * self.batch_size : (batch + 1) * self.batch_size]
         users = self.users[index]
         negatives = sample_negatives(users, self.n_items, self.positive_keys, self.generator)
         return torch.stack([users, self.items[index], negatives])  # [3, B]
-
-
-def keep_batch(batch: torch.Tensor) -> torch.Tensor:
-    """Collate function for datasets whose ``__getitems__`` already returns a whole batch."""
-    return batch
 
 
 class RankingBatch(NamedTuple):

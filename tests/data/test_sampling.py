@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
@@ -33,23 +34,37 @@ def test_negatives_are_never_training_items():
 def test_triplet_batches_cover_every_interaction_once():
     train = sp.random(20, 30, density=0.2, format="csr", dtype=np.float32, random_state=0)
     train.data[:] = 1
-    dataset = BPRTriplets(train, seed=1)
-    batch = dataset.__getitems__(list(range(len(dataset))))
+    dataset = BPRTriplets(train, batch_size=16, seed=1)
+    assert len(dataset) == -(-train.nnz // 16)
+    batches = [dataset[index] for index in range(len(dataset))]
+    assert [b.shape[1] for b in batches[:-1]] == [16] * (len(dataset) - 1)
+    batch = torch.cat(batches, dim=1)
     assert batch.shape == (3, train.nnz)
-    pairs = set(zip(batch[0].tolist(), batch[1].tolist()))
-    assert pairs == set(zip(*train.nonzero()))
+    pairs = list(zip(batch[0].tolist(), batch[1].tolist()))
+    assert sorted(pairs) == sorted(zip(*train.nonzero()))  # each interaction exactly once
     keys = interaction_keys(train)
     assert not contains(keys, batch[0] * 30 + batch[2]).any()
 
 
-def test_reseed_repeats_negatives():
+def epoch_of(dataset: BPRTriplets) -> torch.Tensor:
+    return torch.cat([dataset[index] for index in range(len(dataset))], dim=1)
+
+
+def test_reseed_repeats_an_epoch_and_shares_its_order_across_ranks():
     train = sp.random(10, 50, density=0.1, format="csr", dtype=np.float32, random_state=0)
-    dataset = BPRTriplets(train, seed=5)
+    dataset = BPRTriplets(train, batch_size=8, seed=5)
     dataset.reseed(epoch=3)
-    first = dataset.__getitems__(list(range(len(dataset))))
+    first = epoch_of(dataset)
     dataset.reseed(epoch=3)
-    again = dataset.__getitems__(list(range(len(dataset))))
-    torch.testing.assert_close(first, again)
+    torch.testing.assert_close(epoch_of(dataset), first)
+    dataset.reseed(epoch=3, rank=1)  # another process: same order (disjoint shares), own negatives
+    other_rank = epoch_of(dataset)
+    torch.testing.assert_close(other_rank[:2], first[:2])
+    assert not torch.equal(other_rank[2], first[2])
+    dataset.reseed(epoch=4)
+    assert not torch.equal(epoch_of(dataset)[:2], first[:2])
+    with pytest.raises(IndexError):
+        dataset[len(dataset)]
 
 
 def test_ranking_batches_skip_users_without_targets_and_mask_known_items():
