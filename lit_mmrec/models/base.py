@@ -11,7 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lit_mmrec.data.graphs import RecGraphs
 from lit_mmrec.data.sampling import RankingBatch
 from lit_mmrec.metrics.ranking import mask_scores
-from lit_mmrec.models.components import bpr_loss, l2_regularisation
+from lit_mmrec.models.components import bpr_loss, gather_rows, l2_regularisation
 
 
 def user_item_table(n_users: int, n_items: int, dim: int) -> torch.nn.Parameter:
@@ -20,6 +20,19 @@ def user_item_table(n_users: int, n_items: int, dim: int) -> torch.nn.Parameter:
     torch.nn.init.xavier_uniform_(table[:n_users])
     torch.nn.init.xavier_uniform_(table[n_users:])
     return torch.nn.Parameter(table)
+
+
+def gather_batch(table: torch.Tensor, n_users: int, users: torch.Tensor, positives: torch.Tensor,
+                 negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows ``(users, positives, negatives)`` of a users-then-items ``table``, gathered at once.
+
+    One gather instead of three (and none through the table's user/item slices) means one full-table
+    gradient buffer in backward instead of three plus the slices' own: on Baby's 26,495 x 64 LightGCN
+    tables, 28-31 ms per step instead of 33-36 on the 2-core development CPU.
+    """
+    rows = torch.cat([users, positives + n_users, negatives + n_users])
+    u, p, n = gather_rows(table, rows).split(users.shape[0])
+    return u, p, n
 
 
 def default_adam(parameters) -> torch.optim.Optimizer:
@@ -66,6 +79,7 @@ class RecommenderModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.graphs: RecGraphs | None = None
         self._ranking_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._epoch_losses: dict[str, tuple[torch.Tensor, int]] = {}  # name -> (sum over examples, examples)
 
     # ---- data ----
     def setup(self, stage: str) -> None:
@@ -100,36 +114,54 @@ class RecommenderModule(L.LightningModule):
                         ) -> dict[str, torch.Tensor]:
         """Named, already weighted loss terms for one BPR batch; their sum is minimised."""
         user_repr, item_repr = self()
-        return self.bpr_and_reg(user_repr[users], item_repr[positives], item_repr[negatives],
-                                users, positives, negatives)
+        return self.bpr_and_reg(gather_rows(user_repr, users), gather_rows(item_repr, positives),
+                                gather_rows(item_repr, negatives), users, positives, negatives)
 
     def bpr_and_reg(self, u: torch.Tensor, p: torch.Tensor, n: torch.Tensor, users: torch.Tensor,
                     positives: torch.Tensor, negatives: torch.Tensor) -> dict[str, torch.Tensor]:
         """BPR on the batch's final representations ``u, p, n`` [B, d] and, with ``reg_weight`` > 0,
-        L2 on the rows of the input embedding tables they came from."""
+        L2 on the rows of the input embedding tables they came from (:meth:`input_rows`)."""
         losses = {"bpr": bpr_loss((u * p).sum(dim=1), (u * n).sum(dim=1))}
         if self.reg_weight > 0:
-            user_table, item_table = self.input_embeddings()
-            losses["reg"] = self.reg_weight * l2_regularisation(
-                user_table[users], item_table[positives], item_table[negatives]
-            )
+            losses["reg"] = self.reg_weight * l2_regularisation(*self.input_rows(users, positives, negatives))
         return losses
+
+    def input_rows(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's rows of the input embedding tables (what L2 regularisation applies to).
+
+        Models whose inputs are one users-then-items table override this with :func:`gather_batch`
+        (one gather, so one full-table gradient, instead of three)."""
+        user_table, item_table = self.input_embeddings()
+        return gather_rows(user_table, users), gather_rows(item_table, positives), gather_rows(item_table, negatives)
 
     # ---- training ----
     def on_train_epoch_start(self) -> None:
         self.trainer.datamodule.reseed_train_sampling(self.current_epoch, self.global_rank)
+        self._epoch_losses = {}
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         users, positives, negatives = batch  # [3, B]
         losses = self.training_losses(users, positives, negatives)
         total = torch.stack(list(losses.values())).sum()
         batch_size = users.shape[0]
-        # sync_dist: under DDP the logged losses are averaged over the processes' batches
-        self.log_dict({f"train/{name}_loss": value.detach() for name, value in losses.items()},
-                      on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
-        self.log("train/loss", total.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size,
-                 sync_dist=True)
+        # Epoch means are accumulated here and logged once per epoch: each `self.log` call costs Lightning
+        # about a millisecond of bookkeeping, several per step were a tenth of a LightGCN epoch on Baby.
+        for name, value in (("loss", total), *((f"{n}_loss", v) for n, v in losses.items())):
+            weighted = value.detach() * batch_size
+            previous, examples = self._epoch_losses.get(name, (0.0, 0))
+            self._epoch_losses[name] = (previous + weighted, examples + batch_size)
+        self.log("train/loss_step", total.detach(), on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=batch_size)
         return total
+
+    def on_train_epoch_end(self) -> None:
+        """Logs ``train/loss_epoch`` and each ``train/<term>_loss``: the mean over the epoch's examples
+        (of the batches that had the term), averaged over the processes under DDP. Nothing when the
+        epoch ran no step here (a run resumed from a checkpoint written after the epoch's last batch)."""
+        self.log_dict({("train/loss_epoch" if name == "loss" else f"train/{name}"): total / examples
+                       for name, (total, examples) in self._epoch_losses.items()}, sync_dist=True)
+        self._epoch_losses = {}
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_mmrec.data.graphs import generated_bipartite_graph
-from lit_mmrec.models.base import RecommenderModule, user_item_table
+from lit_mmrec.models.base import RecommenderModule, gather_batch, user_item_table
 from lit_mmrec.models.components import (
     bpr_loss,
     dense_rows,
+    gather_rows,
     info_nce,
     info_nce_against,
     propagate,
@@ -408,8 +409,8 @@ class DASRec(RecommenderModule):
     # ---- losses ----
     def _nce(self, anchors: torch.Tensor, candidates: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         if self.contrastive_negatives == "all":
-            return info_nce_against(anchors[nodes], candidates, nodes, self.tau)
-        return info_nce(anchors[nodes], candidates[nodes], self.tau)
+            return info_nce_against(gather_rows(anchors, nodes), candidates, nodes, self.tau)
+        return info_nce(gather_rows(anchors, nodes), gather_rows(candidates, nodes), self.tau)
 
     def contrastive_loss(self, final: torch.Tensor, views: dict[str, torch.Tensor], users: torch.Tensor,
                          items: torch.Tensor) -> torch.Tensor:
@@ -431,7 +432,7 @@ class DASRec(RecommenderModule):
         inputs = self.modality_inputs()
         graphs = self.modality_graphs()
         final = self.aggregate(inputs, graphs)
-        u, p, n = final[users], final[positives + self.n_users], final[negatives + self.n_users]
+        u, p, n = gather_batch(final, self.n_users, users, positives, negatives)
         losses = {"bpr": bpr_loss((u * p).sum(dim=1), (u * n).sum(dim=1))}  # eq 33-34
         if self.reg_weight > 0:
             losses["reg"] = self.reg_weight * self.id_embedding.pow(2).sum()  # lambda_2 ||Theta||^2

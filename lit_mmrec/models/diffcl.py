@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_mmrec.models.base import RecommenderModule, user_item_table
+from lit_mmrec.models.base import RecommenderModule, gather_batch, user_item_table
 from lit_mmrec.models.components import (
     LayerCombination,
     combine_layers,
+    gather_rows,
     info_nce,
     l2_regularisation,
     propagate,
@@ -239,6 +240,10 @@ class DiffCL(RecommenderModule):
     def input_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.id_embedding[: self.n_users], self.id_embedding[self.n_users :]
 
+    def input_rows(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return gather_batch(self.id_embedding, self.n_users, users, positives, negatives)
+
     # ---- auxiliary objectives ----
     def diffusion_view(self, modality: str, x0: torch.Tensor) -> torch.Tensor:
         """One noise-then-denoise pass: x0 -> x_{view_step} -> reverse process -> view (eq 10-12)."""
@@ -286,12 +291,12 @@ class DiffCL(RecommenderModule):
         item_rows = torch.cat([positives, negatives, unique_items])
         rows = torch.cat([user_rows, item_rows + self.n_users])
         n_user_rows, b = user_rows.shape[0], users.shape[0]
-        id_rows = id_final[rows]
-        encoded_rows = {m: encoded[m][rows] for m in self.modalities}
+        id_rows = gather_rows(id_final, rows)
+        encoded_rows = {m: gather_rows(encoded[m], rows) for m in self.modalities}
         if enhancement is None:
             final_rows = encoded_rows
         else:
-            final_rows = {m: self.enhance_items(encoded_rows[m], n_user_rows, enhancement[m][item_rows])
+            final_rows = {m: self.enhance_items(encoded_rows[m], n_user_rows, gather_rows(enhancement[m], item_rows))
                           for m in self.modalities}
         combined = torch.cat([self.fuse(final_rows), id_rows], dim=1)  # score = fused dot + ID dot
         u = combined[:b]
@@ -301,18 +306,20 @@ class DiffCL(RecommenderModule):
         if self.user_modality_input == "learned" and self.reg_weight > 0:
             # the per-modality user tables are input embeddings too: the same L2 as the ID rows
             losses["reg"] = losses["reg"] + self.reg_weight * l2_regularisation(
-                *(self.user_modality[m][users] for m in self.modalities))
+                *(gather_rows(self.user_modality[m], users) for m in self.modalities))
         # the batch's unique users then unique items (the rows of the auxiliary losses)
         unique_rows = torch.cat([torch.arange(b, n_user_rows, device=rows.device),
                                  torch.arange(n_user_rows + 2 * b, rows.shape[0], device=rows.device)])
         if self.lambda_e > 0:
-            losses["emb"] = self.lambda_e * sum(final_rows[m][unique_rows].pow(2).mean() for m in self.modalities)
+            losses["emb"] = self.lambda_e * sum(gather_rows(final_rows[m], unique_rows).pow(2).mean()
+                                                for m in self.modalities)
         if self.use_diffusion_cl:
-            x0 = {m: encoded_rows[m][unique_rows] for m in self.modalities}
+            x0 = {m: gather_rows(encoded_rows[m], unique_rows) for m in self.modalities}
             losses["cl"] = self.lambda_cl * self.contrastive_loss(x0, unique_users.shape[0])
             if self.diffusion_weight > 0:
                 losses["diffusion"] = self.diffusion_weight * sum(self.denoising_loss(m, x0[m]) for m in self.modalities)
         if self.use_alignment:
             losses["align"] = self.lambda_align * self.alignment_loss(
-                id_rows[unique_rows], {m: final_rows[m][unique_rows] for m in self.modalities})
+                gather_rows(id_rows, unique_rows),
+                {m: gather_rows(final_rows[m], unique_rows) for m in self.modalities})
         return losses

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lit_mmrec.models.base import RecommenderModule, user_item_table
+from lit_mmrec.models.base import RecommenderModule, gather_batch, user_item_table
 from lit_mmrec.models.components import LayerCombination, combine_layers, propagate
 
 
@@ -36,7 +36,20 @@ class LightGCN(RecommenderModule):
     def input_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.embedding[: self.n_users], self.embedding[self.n_users :]
 
-    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def input_rows(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return gather_batch(self.embedding, self.n_users, users, positives, negatives)
+
+    def propagated(self) -> torch.Tensor:
+        """Final representations of users then items [n_users + n_items, d]."""
         layers = propagate(self.graphs.norm_adjacency, self.embedding, self.n_layers)
-        final = combine_layers(layers, self.layer_combination)
+        return combine_layers(layers, self.layer_combination)
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        final = self.propagated()
         return final[: self.n_users], final[self.n_users :]
+
+    def training_losses(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+        u, p, n = gather_batch(self.propagated(), self.n_users, users, positives, negatives)
+        return self.bpr_and_reg(u, p, n, users, positives, negatives)

@@ -5,9 +5,10 @@ from lit_mmrec.models.components.propagation import (
     LayerCombination,
     combine_layers,
     dense_rows,
+    gather_rows,
     propagate,
     row_block,
     sparse_matmul,
 )
 
-__all__ = ["LayerCombination", "bpr_loss", "combine_layers", "dense_rows", "info_nce", "info_nce_against", "l2_regularisation", "propagate", "row_block", "sparse_matmul"]
+__all__ = ["LayerCombination", "bpr_loss", "combine_layers", "dense_rows", "gather_rows", "info_nce", "info_nce_against", "l2_regularisation", "propagate", "row_block", "sparse_matmul"]
