@@ -173,9 +173,13 @@ class RecommenderModule(L.LightningModule):
     # ---- full ranking ----
     @torch.no_grad()
     def ranking_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """User representations and the item representations transposed, computed once per pass."""
+        """User representations and the item representations transposed, computed once per pass.
+
+        The transpose is a view of the contiguous [n_items, d] table: BLAS reads it as a transposed
+        operand, which on the 2-core development CPU scored Baby's users faster than a contiguous
+        [d, n_items] copy (full validation pass 0.66-0.77 s against 0.70-0.82 s)."""
         user_repr, item_repr = self()
-        return user_repr, item_repr.T.contiguous()
+        return user_repr, item_repr.contiguous().T
 
     def _cache_ranking(self) -> None:
         self._ranking_cache = self.ranking_representations()
