@@ -14,6 +14,7 @@ from lit_mmrec.data.graphs import generated_bipartite_graph
 from lit_mmrec.models.base import RecommenderModule, gather_batch, user_item_table
 from lit_mmrec.models.components import (
     bpr_loss,
+    combine_layers,
     dense_rows,
     gather_rows,
     info_nce,
@@ -22,7 +23,13 @@ from lit_mmrec.models.components import (
     row_block,
     sparse_matmul,
 )
-from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, fast_reverse, linear_noise_schedule
+from lit_mmrec.models.components.diffusion import (
+    GaussianDiffusion,
+    MLPDenoiser,
+    fast_reverse,
+    inverted_dropout,
+    linear_noise_schedule,
+)
 
 SparsityReference = Literal["n_items", "max_degree"]
 ContrastiveNegatives = Literal["batch", "all"]
@@ -253,7 +260,7 @@ class DASRec(RecommenderModule):
         structure = x0 @ item_ids  # alpha_0 E_id [B, d]
         t = torch.randint(1, self.diffusion.steps + 1, (len(users),), device=x0.device)
         x_t = self.diffusion.q_sample(x0, t, row_scale=scale)  # one draw per row, shared by the modalities
-        x_t = F.dropout(x_t, self.denoiser_dropout, self.training)  # DiffMM's input dropout, also shared
+        x_t = inverted_dropout(x_t, self.denoiser_dropout, self.training)  # DiffMM's input dropout, also shared
         diffusion_loss = x0.new_zeros(())
         signal_loss = x0.new_zeros(())
         preferences = []
@@ -389,14 +396,14 @@ class DASRec(RecommenderModule):
                 z = z + self.modality_graph_weight * sparse_matmul(graphs[modality], self.id_embedding)
             fused = fused + weight * z  # eq 30
         layers = propagate(adjacency, fused, self.n_layers)  # eq 31
-        return sum(layers) + self.omega * F.normalize(fused, dim=1)  # eq 32
+        return combine_layers(layers, "sum") + self.omega * F.normalize(fused, dim=1)  # eq 32
 
     def contrastive_views(self, inputs: dict[str, torch.Tensor], graphs: dict[str, torch.Tensor]
                           ) -> dict[str, torch.Tensor]:
         """Z_bar_m [N, d] per modality (eq 22-25)."""
         starts = [sparse_matmul(graphs[m], inputs[m]) for m in self.modalities]  # eq 22
         # the propagation over the interaction graph is shared: all modalities' columns at once (eq 24-25)
-        views = sum(propagate(self.graphs.norm_adjacency, torch.cat(starts, dim=1), self.n_layers))
+        views = combine_layers(propagate(self.graphs.norm_adjacency, torch.cat(starts, dim=1), self.n_layers), "sum")
         return dict(zip(self.modalities, views.chunk(len(self.modalities), dim=1)))
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -407,24 +414,29 @@ class DASRec(RecommenderModule):
         return self.id_embedding[: self.n_users], self.id_embedding[self.n_users:]
 
     # ---- losses ----
-    def _nce(self, anchors: torch.Tensor, candidates: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-        if self.contrastive_negatives == "all":
-            return info_nce_against(gather_rows(anchors, nodes), candidates, nodes, self.tau)
-        return info_nce(gather_rows(anchors, nodes), gather_rows(candidates, nodes), self.tau)
-
     def contrastive_loss(self, final: torch.Tensor, views: dict[str, torch.Tensor], users: torch.Tensor,
                          items: torch.Tensor) -> torch.Tensor:
-        """``L_cl = L_cl^user + L_cl^item`` (eq 26-28), unweighted."""
-        n_users = self.n_users
-        parts = []
+        """``L_cl = L_cl^user + L_cl^item`` (eq 26-28), unweighted.
+
+        Each table's rows (the main view and each modality's) are gathered once per node set and shared
+        by every pair they are in.
+        """
+        pairs: list[tuple[str | None, str]] = []
         if self.use_modality_anchor:
-            parts += [(views[a], views[b]) for a, b in combinations(self.modalities, 2)]  # eq 26
+            pairs += list(combinations(self.modalities, 2))  # eq 26
         if self.use_main_anchor:
-            parts += [(final, views[m]) for m in self.modalities]  # eq 27
+            pairs += [(None, m) for m in self.modalities]  # eq 27; None is the main view H_bar
+        tables: dict[str | None, torch.Tensor] = {None: final, **views}
+        used = {name for pair in pairs for name in pair}
         total = final.new_zeros(())
-        for anchor, other in parts:
-            total = total + self._nce(anchor[:n_users], other[:n_users], users)
-            total = total + self._nce(anchor[n_users:], other[n_users:], items)
+        for nodes, offset, end in ((users, 0, self.n_users), (items, self.n_users, final.shape[0])):
+            rows = {name: gather_rows(tables[name], nodes + offset) for name in used}
+            if self.contrastive_negatives == "all":  # every node of the side as a negative
+                for a, b in pairs:
+                    total = total + info_nce_against(rows[a], tables[b][offset:end], nodes, self.tau)
+            else:  # the other nodes of the batch as negatives
+                for a, b in pairs:
+                    total = total + info_nce(rows[a], rows[b], self.tau)
         return total
 
     def training_losses(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, linear_noise_schedule
+from lit_mmrec.models.components.diffusion import (
+    GaussianDiffusion,
+    MLPDenoiser,
+    inverted_dropout,
+    linear_noise_schedule,
+)
 
 
 def test_linear_schedule_matches_eq_11():
@@ -58,3 +63,15 @@ def test_mlp_denoiser_shapes():
     denoiser = MLPDenoiser(dim=5, hidden_dim=7, time_dim=4, dropout=0.0)
     out = denoiser(torch.randn(3, 5), torch.tensor([1, 2, 3]))
     assert out.shape == (3, 5)
+
+
+def test_inverted_dropout_keeps_with_probability_one_minus_p_and_rescales():
+    torch.manual_seed(0)
+    x = torch.full((400, 500), 2.0)
+    dropped = inverted_dropout(x, 0.3, training=True)
+    kept = dropped != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005  # 200,000 draws: std 0.001
+    torch.testing.assert_close(dropped[kept], torch.full_like(dropped[kept], 2.0 / 0.7))
+    assert abs(dropped.mean().item() - 2.0) < 0.02  # unbiased
+    assert inverted_dropout(x, 0.3, training=False) is x
+    assert torch.equal(inverted_dropout(x, 1.0), torch.zeros_like(x))
