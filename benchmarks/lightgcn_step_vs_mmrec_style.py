@@ -2,7 +2,8 @@
 
 The MMRec-style step keeps MMRec's choices (COO adjacency with autograd's own sparse backward, separate
 user/item tables concatenated every step, stacked layer mean, unfused Adam); the lit_mmrec step uses
-the project's propagation (CSR, precomputed-transpose backward, one table, running mean, fused Adam).
+the project's propagation (CSR, precomputed-transpose backward, one table, running mean, fused Adam)
+and its gathers (one ``index_select`` per table, ``gather_batch``).
 Both run in one process on the same batches, so machine load affects them alike.
 
     LIT_MMREC_DATA=/path/to/shared/data python benchmarks/lightgcn_step_vs_mmrec_style.py
@@ -13,8 +14,12 @@ import time
 
 import torch
 
-from lit_mmrec.data import RecDataModule, MMRecAtomic
+from lit_mmrec.data import MMRecAtomic, RecDataModule
+from lit_mmrec.models.base import gather_batch
 from lit_mmrec.models.components import bpr_loss, l2_regularisation, sparse_matmul
+from lit_mmrec.runtime import keep_freed_memory_for_reuse
+
+keep_freed_memory_for_reuse()  # as the lit_mmrec command does
 dm=RecDataModule(MMRecAtomic(os.path.join(os.environ['LIT_MMREC_DATA'], 'baby'), 'baby')); dm.setup('fit')
 A=dm.graphs.norm_adjacency; nu=dm.n_users
 coo=A.to_sparse_coo().coalesce(); coo=torch.sparse_coo_tensor(coo.indices().long(), coo.values(), coo.shape).coalesce()
@@ -36,7 +41,8 @@ def ours_epoch():
     t=time.perf_counter()
     for u,p,n in batches:
         x1=sparse_matmul(A,E); x2=sparse_matmul(A,x1); f=(E+x1+x2)/3
-        loss=bpr_loss((f[u]*f[p+nu]).sum(1),(f[u]*f[n+nu]).sum(1))+1e-4*l2_regularisation(E[u],E[p+nu],E[n+nu])
+        fu,fp,fn=gather_batch(f,nu,u,p,n)
+        loss=bpr_loss((fu*fp).sum(1),(fu*fn).sum(1))+1e-4*l2_regularisation(*gather_batch(E,nu,u,p,n))
         opt.zero_grad(); loss.backward(); opt.step()
     return time.perf_counter()-t
 for _ in range(3):
