@@ -24,8 +24,8 @@ class RecommenderCLI(LightningCLI):
 
     * ``evaluation.*`` configures :class:`RankingEvaluator` (cut-offs ``ks``);
     * ``checkpoint.*`` / ``early_stopping.*`` monitor ``val/recall@20`` (maximised) by default,
-      so the model is always picked by validation; ``last.ckpt`` follows every validation, so an
-      interrupted run resumes where it stopped (:class:`BestAndLastCheckpoint`);
+      so the model is always picked by validation; ``last.ckpt`` follows every training epoch, so an
+      interrupted run resumes with the epoch after it (:class:`BestAndLastCheckpoint`);
     * ``prediction_writer.output_path`` is where ``predict`` writes each user's top-K;
     * ``test_after_fit`` (default true) makes ``fit`` end by testing the best-validation checkpoint;
     * ``n_users``, ``n_items`` and ``feature_dims`` are linked from the data module into the model;
