@@ -109,11 +109,10 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if not self.save_last or trainer.sanity_checking or trainer.fast_dev_run:
-            return
-        path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
-        self.last_model_path = path  # part of the saved state, as Lightning's own last checkpoint
-        trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+        # Lightning's own saving rules (fit only, no sanity check or fast_dev_run) and its writer; the
+        # skip also covers an epoch whose new best Lightning has just saved, last.ckpt included
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class TrainingTelemetry(Callback):
