@@ -161,7 +161,6 @@ class RecommenderModule(L.LightningModule):
         epoch ran no step here (a run resumed from a checkpoint written after the epoch's last batch)."""
         self.log_dict({("train/loss_epoch" if name == "loss" else f"train/{name}"): total / examples
                        for name, (total, examples) in self._epoch_losses.items()}, sync_dist=True)
-        self._epoch_losses = {}
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

@@ -427,7 +427,8 @@ class DASRec(RecommenderModule):
         if self.use_main_anchor:
             pairs += [(None, m) for m in self.modalities]  # eq 27; None is the main view H_bar
         tables: dict[str | None, torch.Tensor] = {None: final, **views}
-        used = {name for pair in pairs for name in pair}
+        # rows gathered per node set: the anchors, and the positives too unless every node is a candidate
+        used = {a for a, _ in pairs} | ({b for _, b in pairs} if self.contrastive_negatives == "batch" else set())
         total = final.new_zeros(())
         for nodes, offset, end in ((users, 0, self.n_users), (items, self.n_users, final.shape[0])):
             rows = {name: gather_rows(tables[name], nodes + offset) for name in used}
