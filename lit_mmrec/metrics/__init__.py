@@ -10,7 +10,9 @@ from lit_mmrec.metrics.ranking import (
     TopKRankingMetrics,
     hit_matrix,
     mask_scores,
+    ranking_metrics_at,
     ranking_metrics_per_user,
+    top_k_items,
 )
 
 __all__ = [
@@ -21,5 +23,7 @@ __all__ = [
     "TrainingTelemetry",
     "hit_matrix",
     "mask_scores",
+    "ranking_metrics_at",
     "ranking_metrics_per_user",
+    "top_k_items",
 ]

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
 from lit_mmrec.data.sampling import RankingBatch
-from lit_mmrec.metrics.ranking import METRIC_NAMES, TopKRankingMetrics, hit_matrix, mask_scores
+from lit_mmrec.metrics.ranking import METRIC_NAMES, TopKRankingMetrics, hit_matrix, mask_scores, top_k_items
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class RankingEvaluator(Callback):
         metric = self.metrics[stage]
         mask_scores(scores, batch.exclude_rows, batch.exclude_cols)
         depth = min(metric.max_k, scores.shape[1])  # a cut-off beyond the catalogue ranks every item
-        top_items = scores.topk(depth, dim=1).indices  # [B, depth]
+        top_items = top_k_items(scores, depth)  # [B, depth]
         hits = hit_matrix(top_items, batch.target_rows, batch.target_cols, scores.shape[1])
         if depth < metric.max_k:  # positions past the last item hold no hit
             hits = torch.cat([hits, hits.new_zeros(hits.shape[0], metric.max_k - depth)], dim=1)
