@@ -1,4 +1,4 @@
-"""Shared building blocks: sparse propagation (and its gradient), BPR, L2 and InfoNCE."""
+"""Shared building blocks: sparse propagation (and its gradient), BPR, L2, InfoNCE and full-ranking scores."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from lit_mmrec.models.components import (
     bpr_loss,
     combine_layers,
     info_nce,
+    inner_product_scores,
     l2_regularisation,
     propagate,
     sparse_matmul,
@@ -61,3 +62,15 @@ def test_info_nce_on_hand_made_views():
     assert info_nce(view, view, t).item() == pytest.approx(expected, rel=1e-6)
     # scaling a view does not change cosine similarity
     assert info_nce(view, 3 * view, t).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("dim", [1, 64, 128])
+def test_inner_product_scores_equal_the_matrix_product(dim):
+    generator = torch.Generator().manual_seed(dim)
+    rows, table = torch.randn(33, dim, generator=generator), torch.randn(517, dim, generator=generator)
+    expected = rows @ table.T
+    with torch.inference_mode():  # the evaluation path (oneDNN's kernel where torch has it)
+        torch.testing.assert_close(inner_product_scores(rows, table), expected)
+        torch.testing.assert_close(inner_product_scores(rows[::2], table), expected[::2])  # non-contiguous rows
+    torch.testing.assert_close(inner_product_scores(rows, table), expected)  # with autograd on: the plain product
+    assert inner_product_scores(torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 4.0], [0.5, -1.0]])).tolist() == [[11.0, -1.5]]

@@ -1,4 +1,4 @@
-"""Reusable building blocks shared by every model: graph propagation and losses."""
+"""Reusable building blocks shared by every model: graph propagation, losses and full-ranking scores."""
 
 from lit_mmrec.models.components.losses import bpr_loss, info_nce, info_nce_against, l2_regularisation
 from lit_mmrec.models.components.propagation import (
@@ -10,5 +10,6 @@ from lit_mmrec.models.components.propagation import (
     row_block,
     sparse_matmul,
 )
+from lit_mmrec.models.components.scoring import inner_product_scores
 
-__all__ = ["LayerCombination", "bpr_loss", "combine_layers", "dense_rows", "gather_rows", "info_nce", "info_nce_against", "l2_regularisation", "propagate", "row_block", "sparse_matmul"]
+__all__ = ["LayerCombination", "bpr_loss", "combine_layers", "dense_rows", "gather_rows", "info_nce", "info_nce_against", "inner_product_scores", "l2_regularisation", "propagate", "row_block", "sparse_matmul"]
