@@ -240,20 +240,35 @@ def test_contrastive_views_are_eq_22_25(tiny_datamodule):
         torch.testing.assert_close(views[m].detach(), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_aggregation_is_eq_29_32(tiny_datamodule):
-    model = build(tiny_datamodule, omega=0.3, modality_graph_weight=0.2, n_layers=2)
+@pytest.mark.parametrize("use_diffusion_graphs", [True, False])
+def test_aggregation_is_eq_29_32(tiny_datamodule, use_diffusion_graphs):
+    model = build(tiny_datamodule, omega=0.3, modality_graph_weight=0.2, n_layers=2,
+                  use_diffusion_graphs=use_diffusion_graphs)
+    with torch.no_grad():
+        model.modality_logits.copy_(torch.tensor([0.9, -0.4]))  # unequal modality weights
     inputs, graphs = model.modality_inputs(), model.modality_graphs()
     a = tiny_datamodule.graphs.norm_adjacency.to_dense()
-    e = model.id_embedding.detach()
-    weights = torch.softmax(model.modality_logits, 0)
-    h = 0
-    for w, m in zip(weights, model.modalities):
-        x = inputs[m].detach()
-        first = a @ x
-        second = a @ torch.cat([first[:60], e[60:]])
-        h = h + w * (first + second + 0.2 * graphs[m].to_dense() @ e)
-    expected = h + a @ h + a @ (a @ h) + 0.3 * F.normalize(h, dim=1)
-    torch.testing.assert_close(model.aggregate(inputs, graphs).detach(), expected, rtol=1e-4, atol=1e-5)
+
+    def reference() -> torch.Tensor:  # eq 29-32 term by term, one modality at a time
+        e = model.id_embedding
+        weights = torch.softmax(model.modality_logits, 0)
+        h = 0
+        for w, m in zip(weights, model.modalities):
+            first = a @ inputs[m]
+            second = a @ torch.cat([first[:60], e[60:]])
+            graph_term = 0.2 * graphs[m].to_dense() @ e if use_diffusion_graphs else 0.0
+            h = h + w * (first + second + graph_term)
+        return h + a @ h + a @ (a @ h) + 0.3 * F.normalize(h, dim=1)
+
+    direction = torch.randn(100, 8)
+    parameters = [model.id_embedding, model.modality_logits, *model.projections.parameters()]
+    expected = reference()
+    expected_grads = torch.autograd.grad((expected * direction).sum(), parameters, retain_graph=True)
+    inputs = model.modality_inputs()
+    got = model.aggregate(inputs, graphs)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    for g, e in zip(torch.autograd.grad((got * direction).sum(), parameters), expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
 
 # ---- training, checkpoints ----
