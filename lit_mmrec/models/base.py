@@ -106,9 +106,18 @@ class RecommenderModule(L.LightningModule):
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Final user [n_users, d] and item [n_items, d] representations."""
 
-    @abstractmethod
+    def input_table(self) -> torch.Tensor | None:
+        """The learnable input embeddings as one users-then-items table [n_users + n_items, d], for
+        models that keep them so (graph models propagate such a table); ``None`` otherwise."""
+        return None
+
     def input_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The learnable user and item embedding tables that L2 regularisation applies to."""
+        """The learnable user and item embedding tables that L2 regularisation applies to; by default
+        the two parts of :meth:`input_table`. Models without a joint table override this."""
+        table = self.input_table()
+        if table is None:
+            raise NotImplementedError(f"{type(self).__name__} must define input_table or input_embeddings")
+        return table[: self.n_users], table[self.n_users :]
 
     def training_losses(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
                         ) -> dict[str, torch.Tensor]:
@@ -128,10 +137,12 @@ class RecommenderModule(L.LightningModule):
 
     def input_rows(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The batch's rows of the input embedding tables (what L2 regularisation applies to).
-
-        Models whose inputs are one users-then-items table override this with :func:`gather_batch`
-        (one gather, so one full-table gradient, instead of three)."""
+        """The batch's rows of the input embedding tables (what L2 regularisation applies to); from a
+        joint :meth:`input_table` in one gather (:func:`gather_batch`: one full-table gradient instead of
+        three)."""
+        table = self.input_table()
+        if table is not None:
+            return gather_batch(table, self.n_users, users, positives, negatives)
         user_table, item_table = self.input_embeddings()
         return gather_rows(user_table, users), gather_rows(item_table, positives), gather_rows(item_table, negatives)
 

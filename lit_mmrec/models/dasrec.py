@@ -414,8 +414,8 @@ class DASRec(RecommenderModule):
         final = self.aggregate(self.modality_inputs(), self.modality_graphs())
         return final[: self.n_users], final[self.n_users:]
 
-    def input_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.id_embedding[: self.n_users], self.id_embedding[self.n_users:]
+    def input_table(self) -> torch.Tensor:
+        return self.id_embedding
 
     # ---- losses ----
     def contrastive_loss(self, final: torch.Tensor, views: dict[str, torch.Tensor], users: torch.Tensor,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_mmrec.models.base import RecommenderModule, gather_batch, user_item_table
+from lit_mmrec.models.base import RecommenderModule, user_item_table
 from lit_mmrec.models.components import (
     LayerCombination,
     combine_layers,
@@ -237,12 +237,8 @@ class DiffCL(RecommenderModule):
         combined = torch.cat([self.fuse(final), id_final], dim=1)  # [N, 2d]: score = fused dot + ID dot
         return combined[: self.n_users], combined[self.n_users :]
 
-    def input_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.id_embedding[: self.n_users], self.id_embedding[self.n_users :]
-
-    def input_rows(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return gather_batch(self.id_embedding, self.n_users, users, positives, negatives)
+    def input_table(self) -> torch.Tensor:
+        return self.id_embedding
 
     # ---- auxiliary objectives ----
     def diffusion_view(self, modality: str, x0: torch.Tensor) -> torch.Tensor:

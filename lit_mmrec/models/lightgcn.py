@@ -33,12 +33,8 @@ class LightGCN(RecommenderModule):
         # one table, users first then items, so propagation needs no concatenation per step
         self.embedding = user_item_table(n_users, n_items, embedding_dim)
 
-    def input_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.embedding[: self.n_users], self.embedding[self.n_users :]
-
-    def input_rows(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return gather_batch(self.embedding, self.n_users, users, positives, negatives)
+    def input_table(self) -> torch.Tensor:
+        return self.embedding
 
     def propagated(self) -> torch.Tensor:
         """Final representations of users then items [n_users + n_items, d]."""

@@ -37,6 +37,19 @@ def test_training_losses_are_named_and_weighted(tiny_datamodule: RecDataModule):
     assert set(no_reg.training_losses(*batch)) == {"bpr"}
 
 
+def test_regularised_rows_come_from_the_joint_input_table(tiny_datamodule: RecDataModule):
+    model = attach(LightGCN(60, 40, embedding_dim=4, reg_weight=0.5), tiny_datamodule)
+    users, items = model.input_embeddings()
+    assert torch.equal(torch.cat([users, items]), model.embedding)  # the joint table's two parts
+    u, p, n = torch.tensor([0, 59, 3]), torch.tensor([0, 39, 7]), torch.tensor([5, 1, 39])
+    rows = model.input_rows(u, p, n)
+    for got, expected in zip(rows, (model.embedding[u], model.embedding[60 + p], model.embedding[60 + n])):
+        assert torch.equal(got, expected)
+    loss = model.training_losses(u, p, n)["reg"]
+    expected_reg = 0.5 * sum(r.pow(2).sum() for r in rows) / (2 * 3)
+    torch.testing.assert_close(loss, expected_reg)
+
+
 def test_lightgcn_learns_beyond_random(tmp_path, tiny_source):
     datamodule = RecDataModule(tiny_source, knn_k=3, cache_dir=str(tmp_path), train_batch_size=64)
     model = LightGCN(datamodule.n_users, datamodule.n_items, embedding_dim=16,
