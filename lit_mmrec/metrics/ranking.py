@@ -34,7 +34,7 @@ def top_k_items(scores: torch.Tensor, k: int, group_size: int = 10) -> torch.Ten
     if scores.device.type != "cpu" or n_groups < 4 * k:
         return scores.topk(k, dim=1).indices
     whole = n // n_groups  # complete strided slices of length n_groups
-    body = scores[:, : whole * n_groups].view(b, whole, n_groups)
+    body = scores[:, : whole * n_groups].reshape(b, whole, n_groups)  # a view for row-major scores
     group_max = body.amax(dim=1)  # [B, G]
     tail = n - whole * n_groups  # items whole * G + j of the first `tail` groups
     if tail:

@@ -130,6 +130,11 @@ def test_top_k_items_ranks_exactly_like_torch_topk(n_items, k):
     assert torch.equal(scores.gather(1, items), reference.values)
 
 
+def test_top_k_items_of_a_column_major_score_matrix():
+    scores = torch.randn(2003, 6, generator=torch.Generator().manual_seed(1)).T  # a transposed view
+    assert torch.equal(top_k_items(scores, 20), scores.topk(20, dim=1).indices)
+
+
 def test_top_k_items_finds_the_best_items_when_they_share_a_group():
     # the 5 best items are all in one strided group (ids j, j + G, j + 2G, ... with G = 400)
     scores = torch.zeros(2, 4000)
