@@ -36,7 +36,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,10 +343,12 @@ def _matern52(a: np.ndarray, b: np.ndarray, lengthscale: float) -> np.ndarray:
 def expected_improvement_proposal(
     observed: np.ndarray, values: np.ndarray, rng: np.random.Generator, n_candidates: int = 4096,
     noise: float = 1e-4, lengthscales: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
+    accept: Callable[[np.ndarray], bool] | None = None,
 ) -> np.ndarray:
     """The unit-cube point with the largest expected improvement under a GP fitted to (``observed``,
     ``values``); values are maximised. The lengthscale is the one of ``lengthscales`` with the
-    highest marginal likelihood; candidates are uniform draws plus perturbations of the best point."""
+    highest marginal likelihood; candidates are uniform draws plus perturbations of the best point.
+    With ``accept``, the best candidate it accepts (the best overall if it accepts none)."""
     mean, scale = values.mean(), values.std() or 1.0
     y = (values - mean) / scale
     best_fit = None
@@ -371,7 +373,12 @@ def expected_improvement_proposal(
     improvement = mu - y.max()
     z = improvement / sigma
     expected = improvement * stats.norm.cdf(z) + sigma * stats.norm.pdf(z)
-    return candidates[int(np.argmax(expected))]
+    order = np.argsort(-expected, kind="stable")
+    if accept is not None:
+        for position in order:
+            if accept(candidates[position]):
+                return candidates[position]
+    return candidates[order[0]]
 
 
 def propose(spec: SweepSpec, index: int, finished: Sequence[TrialRecord], seed: int) -> dict[str, Any] | None:
@@ -387,10 +394,21 @@ def propose(spec: SweepSpec, index: int, finished: Sequence[TrialRecord], seed: 
     if spec.method == "bayes" and len(scored) >= 2:
         observed = np.array([[p.to_unit(record.params[p.name]) for p in spec.parameters] for record in scored])
         values = np.array([record.value for record in scored], dtype=np.float64)
-        unit = expected_improvement_proposal(observed, values if spec.maximize else -values, rng)
+        # a trial is deterministic given its settings, so a point already run (categorical and
+        # quantised parameters map many unit points to one setting) would only repeat its result
+        tried = {_settings_key(record.params) for record in finished}
+
+        def untried(u: np.ndarray) -> bool:
+            return _settings_key({p.name: _plain(p.from_unit(x)) for p, x in zip(spec.parameters, u)}) not in tried
+
+        unit = expected_improvement_proposal(observed, values if spec.maximize else -values, rng, accept=untried)
     else:
         unit = rng.random(len(spec.parameters))
     return {parameter.name: _plain(parameter.from_unit(u)) for parameter, u in zip(spec.parameters, unit)}
+
+
+def _settings_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
 
 
 def _plain(value: Any) -> Any:

@@ -113,6 +113,15 @@ def test_bayes_proposes_near_the_optimum_of_a_smooth_objective():
     assert 0.6 < propose(spec, 4, records, seed=0)["x"] < 0.9
 
 
+def test_bayes_does_not_propose_settings_already_run():
+    # 2 x 2 categorical settings, three run; the GP favours the best one, which must not be repeated
+    spec = spec_from({"a": {"values": [1, 2]}, "b": {"values": ["x", "y"]}}, method="bayes")
+    runs = [({"a": 1, "b": "x"}, 0.1), ({"a": 2, "b": "x"}, 0.9), ({"a": 1, "b": "y"}, 0.2)]
+    records = [TrialRecord(i, params, status="finished", value=v) for i, (params, v) in enumerate(runs)]
+    for index in range(3, 8):
+        assert propose(spec, index, records, seed=index) == {"a": 2, "b": "y"}
+
+
 def test_fit_arguments_resolve_configs_and_expand_args(tmp_path: Path):
     spec = SweepSpec.from_dict({
         "method": "grid", "metric": {"name": "val/recall@20", "goal": "maximize"},
