@@ -390,6 +390,10 @@ def propose(spec: SweepSpec, index: int, finished: Sequence[TrialRecord], seed: 
             return None
         return {parameter.name: value for parameter, value in zip(spec.parameters, combination)}
     rng = np.random.default_rng([seed, index])  # trial i's draws do not depend on how the sweep got there
+
+    def settings(unit: np.ndarray) -> dict[str, Any]:
+        return {parameter.name: _plain(parameter.from_unit(u)) for parameter, u in zip(spec.parameters, unit)}
+
     scored = [record for record in finished if record.value is not None]
     if spec.method == "bayes" and len(scored) >= 2:
         observed = np.array([[p.to_unit(record.params[p.name]) for p in spec.parameters] for record in scored])
@@ -397,14 +401,11 @@ def propose(spec: SweepSpec, index: int, finished: Sequence[TrialRecord], seed: 
         # a trial is deterministic given its settings, so a point already run (categorical and
         # quantised parameters map many unit points to one setting) would only repeat its result
         tried = {_settings_key(record.params) for record in finished}
-
-        def untried(u: np.ndarray) -> bool:
-            return _settings_key({p.name: _plain(p.from_unit(x)) for p, x in zip(spec.parameters, u)}) not in tried
-
-        unit = expected_improvement_proposal(observed, values if spec.maximize else -values, rng, accept=untried)
+        unit = expected_improvement_proposal(observed, values if spec.maximize else -values, rng,
+                                             accept=lambda u: _settings_key(settings(u)) not in tried)
     else:
         unit = rng.random(len(spec.parameters))
-    return {parameter.name: _plain(parameter.from_unit(u)) for parameter, u in zip(spec.parameters, unit)}
+    return settings(unit)
 
 
 def _settings_key(params: dict[str, Any]) -> str:
