@@ -8,6 +8,7 @@ import torch
 from lit_mmrec.models.components.diffusion import (
     GaussianDiffusion,
     MLPDenoiser,
+    fast_tanh,
     inverted_dropout,
     linear_noise_schedule,
 )
@@ -75,3 +76,18 @@ def test_inverted_dropout_keeps_with_probability_one_minus_p_and_rescales():
     assert abs(dropped.mean().item() - 2.0) < 0.02  # unbiased
     assert inverted_dropout(x, 0.3, training=False) is x
     assert torch.equal(inverted_dropout(x, 1.0), torch.zeros_like(x))
+
+
+def test_fast_tanh_matches_tanh_in_value_and_gradient():
+    x = torch.cat([torch.linspace(-30, 30, 2001), torch.tensor([0.0, 1e-6, -1e-6, 80.0, -80.0])])
+    x = x.double().float().requires_grad_()
+    y = fast_tanh(x)
+    expected = torch.tanh(x.detach())
+    assert (y.detach() - expected).abs().max() < 3e-7  # absolute error within the ulp of 1
+    assert y.detach().min() == -1.0 and y.detach().max() == 1.0  # saturates exactly, no overshoot
+    upstream = torch.randn_like(x)
+    (grad,) = torch.autograd.grad(y, x, upstream)
+    torch.testing.assert_close(grad, upstream * (1 - expected.pow(2)), atol=1e-6, rtol=0)
+    # without autograd it is the same function
+    with torch.no_grad():
+        torch.testing.assert_close(fast_tanh(x), y.detach(), atol=0, rtol=0)

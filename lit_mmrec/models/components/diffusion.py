@@ -143,6 +143,38 @@ def inverted_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.
     return torch.where(torch.rand_like(x) < keep, x / keep, 0.0)
 
 
+class _SigmoidTanh(torch.autograd.Function):
+    """``tanh(x) = 2 sigmoid(2x) - 1`` forward, ``grad (1 - y^2)`` backward (what ``tanh``'s is)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = torch.mul(x, 2.0)
+        y.sigmoid_().mul_(2.0).sub_(1.0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def fast_tanh(x: torch.Tensor) -> torch.Tensor:
+    """``tanh`` for the denoisers' hidden layers; on CPU as ``2 sigmoid(2x) - 1``.
+
+    torch's CPU ``tanh`` is accurate to an ulp and slow: 3.4 ms for a 3,400 x 256 block on one thread,
+    twice the denoiser's input product, against 1.4 ms for the sigmoid form, whose absolute error is
+    below 2e-7 (the ulp of 1; the relative error near 0 is larger, which an activation does not care
+    about). Elsewhere (CUDA's ``tanh`` is one cheap kernel) it is ``torch.tanh``.
+    """
+    if x.device.type != "cpu":
+        return torch.tanh(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _SigmoidTanh.apply(x)
+    y = torch.mul(x, 2.0)
+    return y.sigmoid_().mul_(2.0).sub_(1.0)
+
+
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding [B, dim] of integer steps (as in DiffRec / DiffMM)."""
     half = dim // 2
@@ -185,7 +217,7 @@ class MLPDenoiser(nn.Module):
         x = F.normalize(x_t, dim=-1) if self.normalise_input else x_t
         x = inverted_dropout(x, self.dropout, self.training) if input_dropout else x
         weight_x = self.input_layer.weight[:, : self.output_layer.out_features]
-        hidden = torch.tanh(torch.addmm(self.time_term(t), x, weight_x.T))
+        hidden = fast_tanh(torch.addmm(self.time_term(t), x, weight_x.T))
         return self.output_layer(hidden)
 
 
@@ -214,10 +246,10 @@ def fast_reverse(diffusion: GaussianDiffusion, denoiser: MLPDenoiser, x_start: t
 
     projected = torch.sparse.mm(x_start, weight_x.T) if x_start.is_sparse or x_start.layout == torch.sparse_csr \
         else x_start @ weight_x.T  # [B, H]
-    hidden = torch.tanh(projected + time_term(start_step))
+    hidden = fast_tanh(projected + time_term(start_step))
     for step in range(start_step, 1, -1):
         t = torch.full((projected.shape[0],), step, dtype=torch.long, device=projected.device)
         coef_xt, coef_x0, _ = diffusion.posterior_coefficients(t, row_scale)
         projected = coef_xt * projected + coef_x0 * (hidden @ carry + carry_bias)
-        hidden = torch.tanh(projected + time_term(step - 1))
+        hidden = fast_tanh(projected + time_term(step - 1))
     return torch.addmm(bias_out, hidden, weight_out.T)
