@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
@@ -62,6 +63,11 @@ class DiffCL(RecommenderModule):
           the views, as in DiffMM. ``diffusion_steps`` T = 5 and the view step ``view_step``
           (default T) are DiffMM's usual sizes; Sigma_theta is fixed to the posterior variance and the
           reverse process adds no noise unless ``sampling_noise`` (DiffMM).
+        * ``views_train_denoiser``: whether L_cl's gradient reaches the denoiser's parameters. The paper
+          only calls mu_theta / Sigma_theta learnable. ``true`` (default): L_cl trains the denoiser
+          too, through both views' reverse chains. ``false``: DiffMM's arrangement, where the denoiser
+          learns only from its own x0 objective; L_cl still reaches the encoder outputs through the
+          views, and the views' backward skips the denoiser's weight gradients (a third of its products).
         * The InfoNCE denominators run over the unique users / positive items of the training batch
           (SGL/MMRec practice; all-pairs over every user does not scale), and the views of a batch use
           the current embeddings (gradients flow through both views and the denoiser).
@@ -110,6 +116,7 @@ class DiffCL(RecommenderModule):
         denoiser_dropout: float = 0.5,
         sampling_noise: bool = False,
         diffusion_weight: float = 1.0,
+        views_train_denoiser: bool = True,
         normalise_item_features: bool = False,
         align_to_fixed_id: bool = True,
         **kwargs,
@@ -131,6 +138,7 @@ class DiffCL(RecommenderModule):
             raise ValueError(f"view_step must be in 1..diffusion_steps ({diffusion_steps}), got {view_step}")
         self.sampling_noise = sampling_noise
         self.diffusion_weight = diffusion_weight
+        self.views_train_denoiser = views_train_denoiser
         self.normalise_item_features = normalise_item_features
         self.align_to_fixed_id = align_to_fixed_id
 
@@ -245,7 +253,10 @@ class DiffCL(RecommenderModule):
         """One noise-then-denoise pass: x0 -> x_{view_step} -> reverse process -> view (eq 10-12)."""
         t = torch.full((x0.shape[0],), self.view_step, dtype=torch.long, device=x0.device)
         x_t = self.diffusion.q_sample(x0, t)
-        return self.diffusion.reverse(self.denoisers[modality], x_t, self.view_step, self.sampling_noise)
+        denoiser = self.denoisers[modality]
+        if not self.views_train_denoiser:
+            denoiser = partial(denoiser, frozen=True)  # L_cl reaches the encoder through the views, not the denoiser
+        return self.diffusion.reverse(denoiser, x_t, self.view_step, self.sampling_noise)
 
     def denoising_loss(self, modality: str, x0: torch.Tensor) -> torch.Tensor:
         """x0-prediction objective ``||x0_hat(x_t, t) - x0||^2``, t uniform in 1..T, target detached."""

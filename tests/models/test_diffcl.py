@@ -130,6 +130,24 @@ def test_diffusion_views_are_two_different_denoised_samples(tiny_datamodule):
     assert a.shape == x0.shape and not torch.allclose(a, b)
 
 
+def test_views_without_denoiser_training_pass_gradients_to_the_encoder_only(tiny_datamodule):
+    trained = build(tiny_datamodule, denoiser_dropout=0.0)
+    frozen = build(tiny_datamodule, denoiser_dropout=0.0, views_train_denoiser=False)
+    x0 = torch.randn(10, 8)
+    grads = []
+    for model in (trained, frozen):
+        x = x0.clone().requires_grad_()
+        torch.manual_seed(1)
+        view = model.diffusion_view("image", x)
+        view.pow(2).sum().backward()
+        grads.append((view.detach(), x.grad, model.denoisers["image"].input_layer.weight.grad))
+    (view_t, x_grad_t, w_grad_t), (view_f, x_grad_f, w_grad_f) = grads
+    torch.testing.assert_close(view_f, view_t)  # the same views (same weights, same noise)
+    torch.testing.assert_close(x_grad_f, x_grad_t)  # the same gradient into the encoder output
+    assert w_grad_t is not None and w_grad_t.abs().sum() > 0
+    assert w_grad_f is None  # but none into the denoiser
+
+
 def test_diffcl_trains_with_lightning(tiny_datamodule, tmp_path):
     model = DiffCL(tiny_datamodule.n_users, tiny_datamodule.n_items, feature_dims=tiny_datamodule.feature_dims,
                    embedding_dim=8)

@@ -203,22 +203,31 @@ class MLPDenoiser(nn.Module):
             nn.init.xavier_normal_(layer.weight)
             nn.init.normal_(layer.bias, std=0.001)
 
-    def time_term(self, t: torch.Tensor) -> torch.Tensor:
+    def weights(self, frozen: bool = False) -> tuple[torch.Tensor, ...]:
+        """(W_time, b_time, W_in, b_in, W_out, b_out); detached with ``frozen``, so that a caller's loss
+        reaches the denoiser's input but not its parameters."""
+        params = (self.time_projection.weight, self.time_projection.bias, self.input_layer.weight,
+                  self.input_layer.bias, self.output_layer.weight, self.output_layer.bias)
+        return tuple(p.detach() for p in params) if frozen else params
+
+    def time_term(self, t: torch.Tensor, frozen: bool = False) -> torch.Tensor:
         """The step's part of the input layer, ``W_t emb(t) + b`` [len(t), H]: ``in([x, emb(t)])`` is
         ``W_x x`` plus this, so the concatenation is never built; a length-1 ``t`` (one step for every
         row, as in the reverse process) gives one row that broadcasts."""
+        w_time, b_time, w_in, b_in, _, _ = self.weights(frozen)
         n = self.output_layer.out_features
-        return F.linear(self.time_projection(timestep_embedding(t, self.time_dim)), self.input_layer.weight[:, n:],
-                        self.input_layer.bias)
+        return F.linear(F.linear(timestep_embedding(t, self.time_dim), w_time, b_time), w_in[:, n:], b_in)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, input_dropout: bool = True) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, input_dropout: bool = True, frozen: bool = False
+                ) -> torch.Tensor:
         """x0 prediction; ``input_dropout=False`` skips the input dropout (for callers that drop once
-        for several denoisers)."""
+        for several denoisers); ``frozen`` passes gradients to ``x_t`` only, none to the parameters."""
         x = F.normalize(x_t, dim=-1) if self.normalise_input else x_t
         x = inverted_dropout(x, self.dropout, self.training) if input_dropout else x
-        weight_x = self.input_layer.weight[:, : self.output_layer.out_features]
-        hidden = fast_tanh(torch.addmm(self.time_term(t), x, weight_x.T))
-        return self.output_layer(hidden)
+        _, _, w_in, _, w_out, b_out = self.weights(frozen)
+        weight_x = w_in[:, : self.output_layer.out_features]
+        hidden = fast_tanh(torch.addmm(self.time_term(t, frozen), x, weight_x.T))
+        return F.linear(hidden, w_out, b_out)
 
 
 @torch.no_grad()
