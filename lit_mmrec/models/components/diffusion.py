@@ -60,6 +60,13 @@ class GaussianDiffusion(nn.Module):
         # 1 - gamma_bar kept separately: for small noise it is ~1e-5, which 1 - float32(gamma_bar) loses
         self.register_buffer("noise_bar", (1 - gamma_bar).float(), persistent=False)
         self.register_buffer("noise_bar_prev", (1 - previous).float(), persistent=False)
+        # the unscaled posterior's coefficients per step, in float64 once instead of float32 every call
+        noise_bar, noise_prev = 1 - gamma_bar, 1 - previous
+        noise_step = (noise_bar - noise_prev) / (1 - noise_prev)
+        table = torch.stack([(1 - noise_step).sqrt() * noise_prev / noise_bar,
+                             (1 - noise_prev).sqrt() * noise_step / noise_bar,
+                             noise_step * noise_prev / noise_bar])
+        self.register_buffer("posterior_table", table.float(), persistent=False)  # [3, T]
 
     def step_terms(self, t: torch.Tensor, row_scale: torch.Tensor | None = None) -> StepTerms:
         """Schedule terms per row [B, 1] for steps ``t`` [B] in 1..T.
@@ -91,6 +98,9 @@ class GaussianDiffusion(nn.Module):
         + sqrt(gamma_bar_{t-1})(1 - gamma_t) / (1 - gamma_bar_t) x_0`` and
         ``sigma^2 = (1 - gamma_t)(1 - gamma_bar_{t-1}) / (1 - gamma_bar_t)`` (DASRec eq 10-12, DDPM).
         """
+        if row_scale is None:
+            coef_xt, coef_x0, variance = self.posterior_table[:, t - 1].unsqueeze(-1)
+            return coef_xt, coef_x0, variance
         s = self.step_terms(t, row_scale)
         coef_xt = s.gamma.sqrt() * s.noise_prev / s.noise_bar
         coef_x0 = s.bar_prev.sqrt() * s.noise_step / s.noise_bar
