@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -14,3 +17,30 @@ def test_malloc_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch):
     assert keep_freed_memory_for_reuse() is True  # glibc accepted every parameter
     monkeypatch.setenv("LIT_MMREC_MALLOC_TUNING", "0")
     assert keep_freed_memory_for_reuse() is False
+
+
+_REALLOCATION_FAULTS = """
+import resource, sys, torch
+from lit_mmrec.runtime import keep_freed_memory_for_reuse
+keep_freed_memory_for_reuse()
+n = 64 * 1024**2 // 4  # a 64 MiB table: above glibc's largest mmap threshold (32 MiB)
+for _ in range(2):  # the first round may grow the heap; the second can reuse what the first freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    table = torch.ones(n)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    del table
+print(faults)
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_freed_tables_larger_than_the_mmap_ceiling_are_reused_without_page_faults():
+    def faults(tuning: str) -> int:
+        env = {**os.environ, "LIT_MMREC_MALLOC_TUNING": tuning, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run([sys.executable, "-c", _REALLOCATION_FAULTS], env=env, capture_output=True,
+                                text=True, check=True)
+        return int(result.stdout.split()[-1])
+
+    pages = 64 * 1024**2 // 4096
+    assert faults("0") > pages // 2  # glibc's default: a fresh mapping, every page faulted in again
+    assert faults("1") < pages // 20  # tuned: the freed heap block is reused as it is
