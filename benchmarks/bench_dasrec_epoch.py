@@ -7,6 +7,7 @@ exactly as ``DASRec`` runs them inside ``lit_mmrec fit``; also the peak resident
     LIT_MMREC_DATA=/path/to/shared/data python benchmarks/bench_dasrec_epoch.py --dataset tiktok \
         embedding_dim=64 denoiser_hidden=128
     python benchmarks/bench_dasrec_epoch.py --sports-scale   # synthetic 35,598 x 18,357 x 296,337
+    python benchmarks/bench_dasrec_epoch.py --sports-scale --epochs 1 --max-steps 30   # memory, partial epoch
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def main() -> None:
     parser.add_argument("--dataset", default="tiktok", help="DiffMM-format folder under $LIT_MMREC_DATA")
     parser.add_argument("--sports-scale", action="store_true", help="synthetic data at Amazon Sports scale")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop each epoch after this many training steps (graph generation always runs in "
+                             "full); for memory at scale without a whole epoch's wait")
     parser.add_argument("options", nargs="*", help="DASRec init options as key=value (ints, floats, strings)")
     args = parser.parse_args()
     if args.sports_scale:
@@ -58,6 +62,8 @@ def main() -> None:
         datamodule.reseed_train_sampling(epoch, 0)
         batches = list(datamodule.train_dataloader())
         chunks = torch.tensor_split(torch.randperm(datamodule.n_users), len(batches))
+        if args.max_steps is not None:
+            batches, chunks = batches[: args.max_steps], chunks[: args.max_steps]
         start = time.perf_counter()
         model._generated_edges, model._graphs_eval = None, {}
         model._ensure_eval_graphs()  # generation, as at the start of every DASRec epoch
@@ -79,7 +85,8 @@ def main() -> None:
         epochs.append({"graph_generation_s": round(generated - start, 2), "diffusion_s": round(diffusion, 2),
                        "recommendation_s": round(recommendation, 2),
                        "epoch_s": round(generated - start + diffusion + recommendation, 2)})
-    print(json.dumps({"options": options, "threads": torch.get_num_threads(), "epochs": epochs,
+    print(json.dumps({"options": options, "threads": torch.get_num_threads(), "max_steps": args.max_steps,
+                      "epochs": epochs,
                       "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)},
                      indent=2))
 
