@@ -11,6 +11,7 @@ from lit_mmrec.models.components.diffusion import (
     fast_tanh,
     inverted_dropout,
     linear_noise_schedule,
+    timestep_embedding,
 )
 
 
@@ -64,6 +65,35 @@ def test_mlp_denoiser_shapes():
     denoiser = MLPDenoiser(dim=5, hidden_dim=7, time_dim=4, dropout=0.0)
     out = denoiser(torch.randn(3, 5), torch.tensor([1, 2, 3]))
     assert out.shape == (3, 5)
+
+
+@pytest.mark.parametrize("one_step_for_all", [False, True])
+@pytest.mark.parametrize("input_needs_grad", [False, True])
+def test_mlp_denoiser_is_dense_layers_over_the_concatenated_input(one_step_for_all, input_needs_grad):
+    """``out(tanh(in([x_t, time(emb(t))])))`` with nn.Linear over the built concatenation: same values and the
+    same gradients for every parameter and for x_t (the layer never builds the concatenation)."""
+    torch.manual_seed(0)
+    denoiser = MLPDenoiser(dim=6, hidden_dim=5, time_dim=4, dropout=0.0).double()
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=input_needs_grad)
+    t = torch.tensor([2]) if one_step_for_all else torch.tensor([1, 3, 2])
+    upstream = torch.randn(3, 6, dtype=torch.float64)
+
+    out = denoiser(x, t, input_dropout=False)
+    params = list(denoiser.parameters())
+    inputs = params + ([x] if input_needs_grad else [])
+    grads = torch.autograd.grad(out, inputs, upstream)
+
+    step = denoiser.time_projection(timestep_embedding(t, 4).double()).expand(3, 4)
+    hidden = torch.tanh(denoiser.input_layer(torch.cat([x, step], dim=1)))
+    expected = denoiser.output_layer(hidden)
+    expected_grads = torch.autograd.grad(expected, inputs, upstream)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, atol=1e-12, rtol=0)
+    # frozen: the same output, gradients to x_t only
+    frozen = denoiser(x, t, input_dropout=False, frozen=True)
+    torch.testing.assert_close(frozen, expected, atol=1e-12, rtol=0)
+    assert not frozen.requires_grad or input_needs_grad
 
 
 def test_inverted_dropout_keeps_with_probability_one_minus_p_and_rescales():
