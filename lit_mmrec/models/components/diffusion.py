@@ -215,7 +215,8 @@ class _StepConditionedLinear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, step, weight = ctx.saved_tensors
         n = x.shape[1]
-        grad_step_rows = grad.sum(dim=0, keepdim=True) if step.shape[0] == 1 < grad.shape[0] else grad
+        shared_step = step.shape[0] == 1 and grad.shape[0] > 1  # one step row broadcast over every row
+        grad_step_rows = grad.sum(dim=0, keepdim=True) if shared_step else grad
         grad_x = grad @ weight[:, :n] if ctx.needs_input_grad[0] else None
         grad_step = grad_step_rows @ weight[:, n:] if ctx.needs_input_grad[1] else None
         grad_weight = grad_bias = None
