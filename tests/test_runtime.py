@@ -20,7 +20,7 @@ def test_malloc_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch):
 
 
 _REALLOCATION_FAULTS = """
-import resource, sys, torch
+import resource, torch
 from lit_mmrec.runtime import keep_freed_memory_for_reuse
 keep_freed_memory_for_reuse()
 n = 40 * 1024**2 // 4  # a 40 MiB table: above glibc's largest mmap threshold (32 MiB)

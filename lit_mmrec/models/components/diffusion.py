@@ -28,6 +28,14 @@ def linear_noise_schedule(steps: int, noise_scale: float, noise_min: float, nois
     return (1.0 - one_minus_bar).float()
 
 
+def _posterior(noise_bar: torch.Tensor, noise_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Posterior coefficients on x_t and x_0 and its variance from ``1 - gamma_bar_t`` and ``1 - gamma_bar_{t-1}``."""
+    noise_step = (noise_bar - noise_prev) / (1 - noise_prev)  # 1 - gamma_t
+    return ((1 - noise_step).sqrt() * noise_prev / noise_bar,
+            (1 - noise_prev).sqrt() * noise_step / noise_bar,
+            noise_step * noise_prev / noise_bar)
+
+
 class StepTerms(NamedTuple):
     """Schedule terms at one step per row: gamma_bar_t, gamma_bar_{t-1}, gamma_t and their complements."""
 
@@ -53,20 +61,15 @@ class GaussianDiffusion(nn.Module):
         gamma = gamma_bar / previous
         if (gamma <= 0).any() or (gamma > 1).any():
             raise ValueError("the schedule must make gamma_bar non-increasing and positive")
-        variance = (1 - gamma) * (1 - previous) / (1 - gamma_bar)  # eq 12 / DDPM beta tilde
         self.steps = len(gamma_bar)
         self.register_buffer("gamma_bar", gamma_bar.float(), persistent=False)
-        self.register_buffer("posterior_variance", variance.float(), persistent=False)
         # 1 - gamma_bar kept separately: for small noise it is ~1e-5, which 1 - float32(gamma_bar) loses
         self.register_buffer("noise_bar", (1 - gamma_bar).float(), persistent=False)
         self.register_buffer("noise_bar_prev", (1 - previous).float(), persistent=False)
         # the unscaled posterior's coefficients per step, in float64 once instead of float32 every call
-        noise_bar, noise_prev = 1 - gamma_bar, 1 - previous
-        noise_step = (noise_bar - noise_prev) / (1 - noise_prev)
-        table = torch.stack([(1 - noise_step).sqrt() * noise_prev / noise_bar,
-                             (1 - noise_prev).sqrt() * noise_step / noise_bar,
-                             noise_step * noise_prev / noise_bar])
-        self.register_buffer("posterior_table", table.float(), persistent=False)  # [3, T]
+        table = torch.stack(_posterior(1 - gamma_bar, 1 - previous)).float()
+        self.register_buffer("posterior_table", table, persistent=False)  # [3, T]
+        self.register_buffer("posterior_variance", table[2], persistent=False)  # eq 12 / DDPM beta tilde
 
     def step_terms(self, t: torch.Tensor, row_scale: torch.Tensor | None = None) -> StepTerms:
         """Schedule terms per row [B, 1] for steps ``t`` [B] in 1..T.
@@ -101,11 +104,8 @@ class GaussianDiffusion(nn.Module):
         if row_scale is None:
             coef_xt, coef_x0, variance = self.posterior_table[:, t - 1].unsqueeze(-1)
             return coef_xt, coef_x0, variance
-        s = self.step_terms(t, row_scale)
-        coef_xt = s.gamma.sqrt() * s.noise_prev / s.noise_bar
-        coef_x0 = s.bar_prev.sqrt() * s.noise_step / s.noise_bar
-        variance = s.noise_step * s.noise_prev / s.noise_bar
-        return coef_xt, coef_x0, variance
+        terms = self.step_terms(t, row_scale)
+        return _posterior(terms.noise_bar, terms.noise_prev)
 
     def posterior_mean(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor,
                        row_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -255,14 +255,17 @@ class MLPDenoiser(nn.Module):
                   self.input_layer.bias, self.output_layer.weight, self.output_layer.bias)
         return tuple(p.detach() for p in params) if frozen else params
 
+    def step_features(self, t: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """``time(emb(t))`` [len(t), time_dim], the step's part of the input layer's input."""
+        w_time, b_time = self.weights(frozen)[:2]
+        return F.linear(timestep_embedding(t, self.time_dim).to(w_time.dtype), w_time, b_time)
+
     def time_term(self, t: torch.Tensor) -> torch.Tensor:
         """The step's part of the input layer, ``W_t emb(t) + b`` [len(t), H]: ``in([x, emb(t)])`` is
         ``W_x x`` plus this (for :func:`fast_reverse`, which carries ``W_x x`` itself); a length-1 ``t``
         gives one row that broadcasts."""
-        w_time, b_time, w_in, b_in, _, _ = self.weights()
         n = self.output_layer.out_features
-        step = F.linear(timestep_embedding(t, self.time_dim).to(w_time.dtype), w_time, b_time)
-        return F.linear(step, w_in[:, n:], b_in)
+        return F.linear(self.step_features(t), self.input_layer.weight[:, n:], self.input_layer.bias)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, input_dropout: bool = True, frozen: bool = False
                 ) -> torch.Tensor:
@@ -270,9 +273,8 @@ class MLPDenoiser(nn.Module):
         for several denoisers); ``frozen`` passes gradients to ``x_t`` only, none to the parameters."""
         x = F.normalize(x_t, dim=-1) if self.normalise_input else x_t
         x = inverted_dropout(x, self.dropout, self.training) if input_dropout else x
-        w_time, b_time, w_in, b_in, w_out, b_out = self.weights(frozen)
-        step = F.linear(timestep_embedding(t, self.time_dim).to(w_time.dtype), w_time, b_time)  # [len(t), time_dim]
-        hidden = fast_tanh(_StepConditionedLinear.apply(x, step, w_in, b_in))
+        _, _, w_in, b_in, w_out, b_out = self.weights(frozen)
+        hidden = fast_tanh(_StepConditionedLinear.apply(x, self.step_features(t, frozen), w_in, b_in))
         return F.linear(hidden, w_out, b_out)
 
 
