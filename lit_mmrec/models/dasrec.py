@@ -20,6 +20,7 @@ from lit_mmrec.models.components import (
     info_nce,
     info_nce_against,
     propagate,
+    propagate_rows,
     row_block,
     sparse_matmul,
 )
@@ -379,8 +380,10 @@ class DASRec(RecommenderModule):
         users = self.id_embedding[: self.n_users]
         return {m: torch.cat([users, F.normalize(self.projected_features(m), dim=1)]) for m in self.modalities}
 
-    def aggregate(self, inputs: dict[str, torch.Tensor], graphs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Final representations H_bar [N, d] (eq 29-32).
+    def aggregate(self, inputs: dict[str, torch.Tensor], graphs: dict[str, torch.Tensor],
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Final representations H_bar [N, d] (eq 29-32); given ``rows`` (users-then-items indices), only
+        those rows [len(rows), d], the last propagation run for them alone (:func:`propagate_rows`).
 
         ``h = sum_m a_m z^m`` with ``z^m = A [E_u; e^m] + A [(A [E_u; e^m])_users; E_i] + w_G G^m E`` and
         ``a = softmax(k)``. A (the interaction graph) is linear and has no user-user or item-item block,
@@ -399,15 +402,22 @@ class DASRec(RecommenderModule):
         if self.use_diffusion_graphs and self.modality_graph_weight:
             for weight, modality in zip(weights, self.modalities):
                 fused = fused + (self.modality_graph_weight * weight) * sparse_matmul(graphs[modality], self.id_embedding)
-        layers = propagate(adjacency, fused, self.n_layers)  # eq 31
-        return combine_layers(layers, "sum") + self.omega * F.normalize(fused, dim=1)  # eq 32
+        if rows is None:
+            layers = propagate(adjacency, fused, self.n_layers)  # eq 31
+            return combine_layers(layers, "sum") + self.omega * F.normalize(fused, dim=1)  # eq 32
+        return propagate_rows(adjacency, fused, self.n_layers, rows, "sum") \
+            + self.omega * F.normalize(gather_rows(fused, rows), dim=1)
 
-    def contrastive_views(self, inputs: dict[str, torch.Tensor], graphs: dict[str, torch.Tensor]
-                          ) -> dict[str, torch.Tensor]:
-        """Z_bar_m [N, d] per modality (eq 22-25)."""
-        starts = [sparse_matmul(graphs[m], inputs[m]) for m in self.modalities]  # eq 22
+    def contrastive_views(self, inputs: dict[str, torch.Tensor], graphs: dict[str, torch.Tensor],
+                          rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Z_bar_m [N, d] per modality (eq 22-25); given ``rows``, only those rows [len(rows), d]."""
+        starts = torch.cat([sparse_matmul(graphs[m], inputs[m]) for m in self.modalities], dim=1)  # eq 22
         # the propagation over the interaction graph is shared: all modalities' columns at once (eq 24-25)
-        views = combine_layers(propagate(self.graphs.norm_adjacency, torch.cat(starts, dim=1), self.n_layers), "sum")
+        adjacency = self.graphs.norm_adjacency
+        if rows is None:
+            views = combine_layers(propagate(adjacency, starts, self.n_layers), "sum")
+        else:
+            views = propagate_rows(adjacency, starts, self.n_layers, rows, "sum")
         return dict(zip(self.modalities, views.chunk(len(self.modalities), dim=1)))
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -419,12 +429,15 @@ class DASRec(RecommenderModule):
 
     # ---- losses ----
     def contrastive_loss(self, final: torch.Tensor, views: dict[str, torch.Tensor], users: torch.Tensor,
-                         items: torch.Tensor) -> torch.Tensor:
+                         items: torch.Tensor, n_user_rows: int | None = None) -> torch.Tensor:
         """``L_cl = L_cl^user + L_cl^item`` (eq 26-28), unweighted.
 
-        Each table's rows (the main view and each modality's) are gathered once per node set and shared
-        by every pair they are in.
+        ``final`` and ``views`` are users-then-items tables whose first ``n_user_rows`` rows (default
+        ``n_users``: the full tables) are users; ``users`` and ``items`` index the two parts. Each table's
+        rows (the main view and each modality's) are gathered once per node set and shared by every
+        pair they are in.
         """
+        n_user_rows = self.n_users if n_user_rows is None else n_user_rows
         pairs: list[tuple[str | None, str]] = []
         if self.use_modality_anchor:
             pairs += list(combinations(self.modalities, 2))  # eq 26
@@ -434,7 +447,7 @@ class DASRec(RecommenderModule):
         # rows gathered per node set: the anchors, and the positives too unless every node is a candidate
         used = {a for a, _ in pairs} | ({b for _, b in pairs} if self.contrastive_negatives == "batch" else set())
         total = final.new_zeros(())
-        for nodes, offset, end in ((users, 0, self.n_users), (items, self.n_users, final.shape[0])):
+        for nodes, offset, end in ((users, 0, n_user_rows), (items, n_user_rows, final.shape[0])):
             rows = {name: gather_rows(tables[name], nodes + offset) for name in used}
             if self.contrastive_negatives == "all":  # every node of the side as a negative
                 for a, b in pairs:
@@ -448,16 +461,30 @@ class DASRec(RecommenderModule):
                         ) -> dict[str, torch.Tensor]:
         inputs = self.modality_inputs()
         graphs = self.modality_graphs()
-        final = self.aggregate(inputs, graphs)
-        u, p, n = gather_batch(final, self.n_users, users, positives, negatives)
+        contrastive = self.lambda_cl > 0 and (self.use_modality_anchor or self.use_main_anchor)
+        b = users.shape[0]
+        if contrastive and self.contrastive_negatives == "all":  # every node a negative: the full tables
+            final = self.aggregate(inputs, graphs)
+            u, p, n = gather_batch(final, self.n_users, users, positives, negatives)
+        else:
+            # only the rows the losses read: the batch, then its unique users and unique positives
+            batch_users, batch_items = torch.unique(users), torch.unique(positives)
+            rows = torch.cat([users, positives + self.n_users, negatives + self.n_users, batch_users,
+                              batch_items + self.n_users])
+            final_rows = self.aggregate(inputs, graphs, rows)
+            u, p, n = final_rows[: 3 * b].split(b)
         losses = {"bpr": bpr_loss((u * p).sum(dim=1), (u * n).sum(dim=1))}  # eq 33-34
         if self.reg_weight > 0:
             losses["reg"] = self.reg_weight * self.id_embedding.pow(2).sum()  # lambda_2 ||Theta||^2
-        if self.lambda_cl > 0 and (self.use_modality_anchor or self.use_main_anchor):
+        if contrastive and self.contrastive_negatives == "all":
             views = self.contrastive_views(inputs, graphs)
-            batch_users = torch.unique(users) if self.contrastive_negatives == "batch" else users
-            batch_items = torch.unique(positives) if self.contrastive_negatives == "batch" else positives
-            losses["cl"] = self.lambda_cl * self.contrastive_loss(final, views, batch_users, batch_items)
+            losses["cl"] = self.lambda_cl * self.contrastive_loss(final, views, users, positives)
+        elif contrastive:
+            views = self.contrastive_views(inputs, graphs, rows[3 * b:])
+            n_batch_users = batch_users.shape[0]
+            losses["cl"] = self.lambda_cl * self.contrastive_loss(
+                final_rows[3 * b:], views, torch.arange(n_batch_users, device=users.device),
+                torch.arange(batch_items.shape[0], device=users.device), n_user_rows=n_batch_users)
         if self.use_diffusion_graphs and self._diffusion_chunks:
             chunk = self._diffusion_chunks[self._batch_in_epoch % len(self._diffusion_chunks)]
             if len(chunk):

@@ -17,6 +17,7 @@ from lit_mmrec.models.components import (
     info_nce,
     l2_regularisation,
     propagate,
+    propagate_rows,
     sparse_matmul,
 )
 from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, linear_noise_schedule
@@ -194,10 +195,14 @@ class DiffCL(RecommenderModule):
             users = sparse_matmul(self.user_item_mean, item_features, self.user_item_mean_t)
         return torch.cat([users, item_features], dim=0)
 
-    def item_item_enhancement(self, modality: str, item_features: torch.Tensor) -> torch.Tensor:
-        """A_m^(l): ``item_item_layers`` aggregations over the modality's KNN graph (eq 22)."""
-        graph = self.graphs.item_item[modality]
-        return propagate(graph, item_features, self.item_item_layers, self.item_item_t[modality])[-1]
+    def item_item_enhancement(self, modality: str, item_features: torch.Tensor,
+                              item_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """A_m^(l): ``item_item_layers`` aggregations over the modality's KNN graph (eq 22), for every item
+        [n_items, d] or, given ``item_rows``, for those items only [len(item_rows), d]."""
+        graph, graph_t = self.graphs.item_item[modality], self.item_item_t[modality]
+        if item_rows is None:
+            return propagate(graph, item_features, self.item_item_layers, graph_t)[-1]
+        return propagate_rows(graph, item_features, self.item_item_layers, item_rows, "last", graph_t)
 
     def fusion_weights(self) -> torch.Tensor:
         """Weights [M] of the modalities in E_f (eq 24)."""
@@ -207,18 +212,29 @@ class DiffCL(RecommenderModule):
             return torch.stack([self.fusion_mu, 1 - self.fusion_mu])
         return torch.softmax(self.fusion_logits, dim=0)
 
-    def encode_parts(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    def encode_parts(self, rows: torch.Tensor | None = None, item_rows: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         """E_id and the encoder outputs E_m [N, d], and the item-item enhancements [n_items, d] of each
-        modality (``None`` with ``use_item_item`` off)."""
+        modality (``None`` with ``use_item_item`` off).
+
+        Given ``rows`` (users-then-items indices) and ``item_rows`` (item indices), only those rows of
+        the encoder outputs and of the enhancements (training steps: the losses read a batch's rows);
+        the values are the full tables' rows, computed by :func:`propagate_rows` at a fraction of the cost.
+        """
         inputs, enhancement = [self.id_embedding], {}
         for modality in self.modalities:
             item_features = self.modality_item_features(modality)
             inputs.append(self.modality_inputs(modality, item_features))
             if self.use_item_item:
-                enhancement[modality] = self.item_item_enhancement(modality, item_features)
+                enhancement[modality] = self.item_item_enhancement(modality, item_features, item_rows)
         # the ID graph and every modality graph share the user-item adjacency: one sparse product over
         # the side-by-side columns [E_id | E_1 | ... | E_M] per layer instead of M + 1 narrow ones
-        outputs = self._encode(torch.cat(inputs, dim=1)).split(self.id_embedding.shape[1], dim=1)
+        stacked = torch.cat(inputs, dim=1)
+        if rows is None:
+            encoded = self._encode(stacked)
+        else:
+            encoded = propagate_rows(self.graphs.norm_adjacency, stacked, self.n_layers, rows, self.layer_combination)
+        outputs = encoded.split(self.id_embedding.shape[1], dim=1)
         encoded = dict(zip(self.modalities, outputs[1:]))
         return outputs[0], encoded, enhancement if self.use_item_item else None
 
@@ -289,21 +305,18 @@ class DiffCL(RecommenderModule):
 
     def training_losses(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
                         ) -> dict[str, torch.Tensor]:
-        id_final, encoded, enhancement = self.encode_parts()
         unique_users, unique_items = torch.unique(users), torch.unique(positives)
-        # every row the losses need, gathered from each full table once (each gather's backward writes a
-        # full-table gradient, so one gather per table instead of one per use): batch users, unique users |
-        # positives, negatives, unique items
+        # every row the losses need, computed once per table: batch users, unique users | positives,
+        # negatives, unique items
         user_rows = torch.cat([users, unique_users])
         item_rows = torch.cat([positives, negatives, unique_items])
         rows = torch.cat([user_rows, item_rows + self.n_users])
         n_user_rows, b = user_rows.shape[0], users.shape[0]
-        id_rows = gather_rows(id_final, rows)
-        encoded_rows = {m: gather_rows(encoded[m], rows) for m in self.modalities}
-        if enhancement is None:
+        id_rows, encoded_rows, enhancement_rows = self.encode_parts(rows, item_rows)
+        if enhancement_rows is None:
             final_rows = encoded_rows
         else:
-            final_rows = {m: self.enhance_items(encoded_rows[m], n_user_rows, gather_rows(enhancement[m], item_rows))
+            final_rows = {m: self.enhance_items(encoded_rows[m], n_user_rows, enhancement_rows[m])
                           for m in self.modalities}
         combined = torch.cat([self.fuse(final_rows), id_rows], dim=1)  # score = fused dot + ID dot
         u = combined[:b]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from lit_mmrec.models.base import RecommenderModule, gather_batch, user_item_table
-from lit_mmrec.models.components import LayerCombination, combine_layers, propagate
+from lit_mmrec.models.base import RecommenderModule, user_item_table
+from lit_mmrec.models.components import LayerCombination, combine_layers, propagate, propagate_rows
 
 
 class LightGCN(RecommenderModule):
@@ -47,5 +47,8 @@ class LightGCN(RecommenderModule):
 
     def training_losses(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
                         ) -> dict[str, torch.Tensor]:
-        u, p, n = gather_batch(self.propagated(), self.n_users, users, positives, negatives)
+        # only the batch's rows of the propagation (propagate_rows: the same values and gradients)
+        rows = torch.cat([users, positives + self.n_users, negatives + self.n_users])
+        final = propagate_rows(self.graphs.norm_adjacency, self.embedding, self.n_layers, rows, self.layer_combination)
+        u, p, n = final.split(users.shape[0])
         return self.bpr_and_reg(u, p, n, users, positives, negatives)

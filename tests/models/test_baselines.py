@@ -24,6 +24,21 @@ def test_lightgcn_forward_matches_dense_propagation(tiny_datamodule: RecDataModu
     torch.testing.assert_close(torch.cat([users, items]).detach(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_lightgcn_training_loss_and_gradient_match_the_full_propagation(tiny_datamodule: RecDataModule):
+    """Training propagates only the batch's rows; loss and gradient are those of the full tables."""
+    model = attach(LightGCN(60, 40, embedding_dim=8, n_layers=3, reg_weight=0.0), tiny_datamodule)
+    users, positives, negatives = next(iter(tiny_datamodule.train_dataloader()))
+    loss = model.training_losses(users, positives, negatives)["bpr"]
+    loss.backward()
+    grad, model.embedding.grad = model.embedding.grad.clone(), None
+    user_repr, item_repr = model()
+    u, p, n = user_repr[users], item_repr[positives], item_repr[negatives]
+    expected = -torch.nn.functional.logsigmoid((u * p).sum(1) - (u * n).sum(1)).mean()
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(grad, model.embedding.grad)
+
+
 def test_training_losses_are_named_and_weighted(tiny_datamodule: RecDataModule):
     model = attach(BPRMF(60, 40, embedding_dim=4, reg_weight=0.5), tiny_datamodule)
     batch = next(iter(tiny_datamodule.train_dataloader()))

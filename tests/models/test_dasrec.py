@@ -271,6 +271,25 @@ def test_aggregation_is_eq_29_32(tiny_datamodule, use_diffusion_graphs):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
 
+def test_training_losses_on_batch_rows_equal_the_full_tables(tiny_datamodule):
+    """Training computes only the batch's rows of H_bar and of the views (propagate_rows); the BPR and
+    contrastive terms and their gradients are those of the full tables."""
+    model = build(tiny_datamodule, n_layers=2, use_diffusion_graphs=False, reg_weight=0.0, lambda_cl=0.3)
+    users, positives, negatives = next(iter(tiny_datamodule.train_dataloader()))
+    parameters = [model.id_embedding, model.modality_logits, *model.projections.parameters()]
+    losses = model.training_losses(users, positives, negatives)
+    got = losses["bpr"] + losses["cl"]
+    inputs, graphs = model.modality_inputs(), model.modality_graphs()
+    final, views = model.aggregate(inputs, graphs), model.contrastive_views(inputs, graphs)
+    u, p, n = final[users], final[positives + 60], final[negatives + 60]
+    bpr = -F.logsigmoid((u * p).sum(1) - (u * n).sum(1)).mean()
+    cl = 0.3 * model.contrastive_loss(final, views, torch.unique(users), torch.unique(positives))
+    torch.testing.assert_close(losses["bpr"], bpr)
+    torch.testing.assert_close(losses["cl"], cl)
+    for g, e in zip(torch.autograd.grad(got, parameters), torch.autograd.grad(bpr + cl, parameters)):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
 # ---- training, checkpoints ----
 def test_dasrec_trains_and_restores_its_generated_graphs(tiny_datamodule, tmp_path: Path):
     model = build(tiny_datamodule, graph_top_k=3, similarity_threshold=-1.0)

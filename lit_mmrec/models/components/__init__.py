@@ -7,9 +7,10 @@ from lit_mmrec.models.components.propagation import (
     dense_rows,
     gather_rows,
     propagate,
+    propagate_rows,
     row_block,
     sparse_matmul,
 )
 from lit_mmrec.models.components.scoring import inner_product_scores
 
-__all__ = ["LayerCombination", "bpr_loss", "combine_layers", "dense_rows", "gather_rows", "info_nce", "info_nce_against", "inner_product_scores", "l2_regularisation", "propagate", "row_block", "sparse_matmul"]
+__all__ = ["LayerCombination", "bpr_loss", "combine_layers", "dense_rows", "gather_rows", "info_nce", "info_nce_against", "inner_product_scores", "l2_regularisation", "propagate", "propagate_rows", "row_block", "sparse_matmul"]

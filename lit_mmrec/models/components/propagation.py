@@ -58,6 +58,104 @@ def propagate(adjacency: torch.Tensor, embeddings: torch.Tensor, n_layers: int,
     return layers
 
 
+def csr_rows(matrix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` [r] of a sparse CSR ``matrix`` [n, m] as a sparse CSR [r, m], vectorised.
+
+    Costs O(entries of the selected rows); the other rows are never touched.
+    """
+    crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
+    rows = rows.to(crow.device)
+    starts = crow[rows].long()
+    counts = crow[rows + 1].long() - starts
+    new_crow = torch.zeros(len(rows) + 1, dtype=torch.long, device=crow.device)
+    torch.cumsum(counts, 0, out=new_crow[1:])
+    # position of each kept entry in the source: its row's start plus its offset within the row
+    batch_row = torch.repeat_interleave(torch.arange(len(rows), device=crow.device), counts,
+                                        output_size=int(new_crow[-1]))
+    position = torch.arange(int(new_crow[-1]), device=crow.device) - new_crow[batch_row] + starts[batch_row]
+    return torch.sparse_csr_tensor(new_crow.to(crow.dtype), col[position], values[position],
+                                   (len(rows), matrix.shape[1]), check_invariants=False)
+
+
+def csr_columns(matrix: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Columns ``columns`` [c] (distinct) of a sparse CSR ``matrix`` [n, m] as a sparse CSR [n, c],
+    column j of the result being column ``columns[j]``; one vectorised pass over the entries."""
+    crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
+    new_index = torch.full((matrix.shape[1],), -1, dtype=torch.long, device=col.device)
+    new_index[columns.to(col.device)] = torch.arange(len(columns), device=col.device)
+    mapped = new_index[col.long()]
+    keep = mapped >= 0
+    kept_before = torch.zeros(len(col) + 1, dtype=torch.long, device=col.device)
+    torch.cumsum(keep, 0, out=kept_before[1:])
+    return torch.sparse_csr_tensor(kept_before[crow.long()].to(crow.dtype), mapped[keep].to(col.dtype),
+                                   values[keep], (matrix.shape[0], len(columns)), check_invariants=False)
+
+
+class _PropagatedRows(torch.autograd.Function):
+    """Rows ``rows`` (distinct) of ``sum_{k=0..L} A^k E`` (divided by L + 1 for the mean; ``A^L E`` alone
+    for ``last``), without the other rows.
+
+    A loss that reads only a batch's rows of a LightGCN-style propagation needs the last layer only at
+    those rows, and the layer sum only there: forward runs L - 1 full products and one over the
+    selected rows of A; no full-size sums. The map is linear in E, so backward needs no activations:
+    ``sum_k (A^T)^k S^T g`` by Horner's rule, ``v + A^T(v + ... A^T v)`` with ``v = S^T g`` nonzero
+    only on ``rows``, so the first product reads only A^T's columns ``rows`` and each ``v +`` is an
+    ``index_add_`` of ``len(rows)`` rows, not a full-size add.
+    """
+
+    @staticmethod
+    def forward(ctx, embeddings, adjacency, adjacency_t, rows, n_layers, how):
+        if n_layers == 0:
+            out = embeddings.index_select(0, rows)
+        else:
+            layer = embeddings
+            out = embeddings.index_select(0, rows) if how != "last" else None
+            for _ in range(n_layers - 1):
+                layer = _spmm(adjacency, layer)
+                if out is not None:
+                    out += layer.index_select(0, rows)
+            last_rows = csr_rows(adjacency, rows)  # the last layer, at the selected rows only
+            out = _spmm(last_rows, layer) if out is None else out.addmm_(last_rows, layer)
+        if how == "mean":
+            out /= n_layers + 1
+        ctx.adjacency_t, ctx.n_layers, ctx.how = adjacency_t, n_layers, how
+        ctx.n_nodes = embeddings.shape[0]
+        ctx.save_for_backward(rows)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (rows,) = ctx.saved_tensors
+        g = grad_output / (ctx.n_layers + 1) if ctx.how == "mean" else grad_output.contiguous()
+        if ctx.n_layers == 0:
+            return g.new_zeros(ctx.n_nodes, g.shape[1]).index_add_(0, rows, g), None, None, None, None, None
+        every_layer = ctx.how != "last"
+        grad = _spmm(csr_columns(ctx.adjacency_t, rows), g)  # A^T v, v = S^T g nonzero on rows only
+        for _ in range(ctx.n_layers - 1):
+            grad = _spmm(ctx.adjacency_t, grad.index_add_(0, rows, g) if every_layer else grad)
+        return grad.index_add_(0, rows, g) if every_layer else grad, None, None, None, None, None
+
+
+def propagate_rows(adjacency: torch.Tensor, embeddings: torch.Tensor, n_layers: int, rows: torch.Tensor,
+                   how: LayerCombination | Literal["last"], adjacency_t: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """Rows ``rows`` of the propagation's layers 0..L combined by ``how``, computed for those rows only.
+
+    ``how`` is ``sum`` or ``mean`` (``combine_layers(propagate(adjacency, embeddings, n_layers), how)[rows]``)
+    or ``last`` (``propagate(...)[-1][rows]``). For training steps whose losses read a batch's rows;
+    ``rows`` may repeat. Same values and gradients as the full propagation followed by a gather, up to
+    float rounding, at L - 1 full sparse products plus one over the rows' part of A each way, instead
+    of L, and without full-size layer sums. ``adjacency_t`` is A's transpose, needed for gradients
+    unless A is symmetric.
+    """
+    if how not in ("mean", "sum", "last"):
+        raise ValueError(f"layer combination must be 'mean', 'sum' or 'last', got {how!r}")
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    out = _PropagatedRows.apply(embeddings, adjacency, adjacency if adjacency_t is None else adjacency_t,
+                                unique, n_layers, how)
+    return out.index_select(0, inverse)
+
+
 def combine_layers(layers: list[torch.Tensor], how: LayerCombination) -> torch.Tensor:
     """Mean (LightGCN paper, alpha_k = 1/(K+1)) or sum (DiffCL eq 4) of the layer outputs."""
     if how not in ("mean", "sum"):
