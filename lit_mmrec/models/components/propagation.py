@@ -188,16 +188,7 @@ def dense_rows(matrix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     For per-batch work on interaction rows (diffusion over users' rows) without ever holding the
     dense n x m matrix.
     """
-    crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
-    rows = rows.to(crow.device)
-    starts = crow[rows].long()
-    counts = crow[rows + 1].long() - starts
-    batch_row = torch.repeat_interleave(torch.arange(len(rows), device=crow.device), counts)
-    first = torch.cumsum(counts, 0) - counts  # position of each row's first entry in the output list
-    position = torch.arange(int(counts.sum()), device=crow.device) - first[batch_row] + starts[batch_row]
-    out = torch.zeros(len(rows), matrix.shape[1], dtype=values.dtype, device=values.device)
-    out[batch_row, col[position].long()] = values[position]
-    return out
+    return csr_rows(matrix, rows).to_dense()
 
 
 def row_block(matrix: torch.Tensor, start: int, end: int) -> torch.Tensor:
