@@ -310,3 +310,36 @@ def test_dasrec_trains_and_restores_its_generated_graphs(tiny_datamodule, tmp_pa
     again = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                       callbacks=[RankingEvaluator(ks=[20])], default_root_dir=tmp_path)
     assert again.validate(restored, datamodule=tiny_datamodule, verbose=False)[0]["val/recall@20"] == pytest.approx(validated)
+
+
+def test_bfloat16_denoisers_train_and_generate_graphs(tiny_datamodule):
+    """``denoiser_precision: bfloat16``: the diffusion and signal-injection losses of the float32 model (same
+    weights, same draws) up to rounding, float32 gradients, and the same generated edges where no
+    prediction lies near the threshold."""
+    exact = build(tiny_datamodule, denoiser_dropout=0.0)
+    mixed = build(tiny_datamodule, denoiser_dropout=0.0, denoiser_precision="bfloat16")
+    mixed.load_state_dict(exact.state_dict())
+    users = torch.arange(20)
+    results = {}
+    for name, model in (("exact", exact), ("mixed", mixed)):
+        torch.manual_seed(3)
+        results[name] = model.diffusion_losses(users)
+    for got, expected in zip(results["mixed"], results["exact"]):
+        torch.testing.assert_close(got, expected, rtol=2e-2, atol=1e-5)
+    sum(results["mixed"]).backward()
+    weight = mixed.denoisers["image"].output_layer.weight
+    assert weight.dtype == weight.grad.dtype == torch.float32 and weight.grad.abs().sum() > 0
+    # graphs: threshold the float32 model's top predictions far from any edge, then both models agree
+    exact.graph_top_k = mixed.graph_top_k = 3
+    with torch.no_grad():
+        top = torch.cat([fast_reverse(exact.diffusion, exact.denoisers[m].eval(), exact.user_rows(torch.arange(60)), 5,
+                                      exact.row_scale(torch.arange(60))).topk(3, dim=1).values.flatten()
+                         for m in exact.modalities]).sort().values
+    gaps = top[1:] - top[:-1]
+    middle = int(gaps[len(gaps) // 4: 3 * len(gaps) // 4].argmax()) + len(gaps) // 4  # a wide gap mid-range
+    exact.similarity_threshold = mixed.similarity_threshold = float(top[middle] + top[middle + 1]) / 2
+    assert gaps[middle] > 1e-2 * top.abs().max()  # wide enough for bfloat16's rounding
+    edges_exact, edges_mixed = exact.generate_edges(), mixed.generate_edges()
+    for m in exact.modalities:
+        assert edges_mixed[m].shape[1] > 0
+        assert torch.equal(edges_mixed[m], edges_exact[m])

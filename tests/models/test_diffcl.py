@@ -168,3 +168,23 @@ def test_learned_user_tables_share_the_id_l2(tiny_datamodule):
             model.user_modality["image"][users], model.user_modality["text"][users]]
     expected = 0.5 * sum(r.pow(2).sum() for r in rows) / (2 * users.shape[0])
     torch.testing.assert_close(reg, expected)
+
+
+def test_bfloat16_denoisers_change_the_losses_by_rounding_only(tiny_datamodule):
+    """``denoiser_precision: bfloat16``: the same loss terms (same weights, same noise draws) up to bfloat16
+    rounding in the denoisers, float32 gradients, and no change to the terms that use no denoiser."""
+    exact, mixed = build(tiny_datamodule), build(tiny_datamodule, denoiser_precision="bfloat16")
+    mixed.load_state_dict(exact.state_dict())
+    batch = next(iter(tiny_datamodule.train_dataloader()))
+    losses = {}
+    for name, model in (("exact", exact), ("mixed", mixed)):
+        torch.manual_seed(5)
+        losses[name] = model.training_losses(*batch)
+    assert set(losses["mixed"]) == set(losses["exact"]) >= {"cl", "diffusion"}
+    for term in ("bpr", "emb", "align"):
+        torch.testing.assert_close(losses["mixed"][term], losses["exact"][term])
+    for term in ("cl", "diffusion"):
+        torch.testing.assert_close(losses["mixed"][term], losses["exact"][term], rtol=2e-2, atol=1e-4)
+    sum(losses["mixed"].values()).backward()
+    weight = mixed.denoisers["image"].input_layer.weight
+    assert weight.dtype == weight.grad.dtype == torch.float32 and weight.grad.abs().sum() > 0

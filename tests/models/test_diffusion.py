@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
+from lit_mmrec.models.components import diffusion as diffusion_module
 from lit_mmrec.models.components.diffusion import (
     GaussianDiffusion,
     MLPDenoiser,
+    fast_reverse,
     fast_tanh,
     inverted_dropout,
     linear_noise_schedule,
     timestep_embedding,
+    warn_if_emulated,
 )
 
 
@@ -121,3 +126,71 @@ def test_fast_tanh_matches_tanh_in_value_and_gradient():
     # without autograd it is the same function
     with torch.no_grad():
         torch.testing.assert_close(fast_tanh(x), y.detach(), atol=0, rtol=0)
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def mixed_copy(exact: MLPDenoiser) -> MLPDenoiser:
+    """The same network (same weights) whose products run in bfloat16."""
+    mixed = MLPDenoiser(exact.output_layer.out_features, exact.output_layer.in_features, exact.time_dim,
+                        exact.dropout, exact.normalise_input, precision="bfloat16")
+    mixed.load_state_dict(exact.state_dict())
+    return mixed.train(exact.training)
+
+
+def test_bfloat16_denoiser_rounds_its_products_and_keeps_float32_parameters_and_gradients():
+    torch.manual_seed(0)
+    exact = MLPDenoiser(dim=300, hidden_dim=64, time_dim=8, dropout=0.0)
+    mixed = mixed_copy(exact)
+    x = torch.randn(40, 300, requires_grad=True)
+    t = torch.randint(1, 6, (40,))
+    upstream = torch.randn(40, 300)
+    out_exact, out_mixed = exact(x, t), mixed(x, t)
+    assert out_mixed.dtype == torch.float32
+    # the products really ran in bfloat16 (8 significant bits: ~0.4% per rounding), and nothing worse
+    assert 1e-4 < relative_error(out_mixed, out_exact) < 1.5e-2
+    params_exact, params_mixed = list(exact.parameters()), list(mixed.parameters())
+    grads_exact = torch.autograd.grad(out_exact, [x, *params_exact], upstream)
+    grads_mixed = torch.autograd.grad(out_mixed, [x, *params_mixed], upstream)
+    for p, g, e in zip([x, *params_mixed], grads_mixed, grads_exact):
+        assert p.dtype == g.dtype == torch.float32  # float32 master weights and gradients
+        assert relative_error(g, e) < 2e-2
+    # the prediction comes back in the caller's dtype
+    assert mixed(x.detach().double(), t).dtype == torch.float64
+    with pytest.raises(ValueError, match="precision"):
+        MLPDenoiser(dim=4, precision="float16")
+
+
+def test_bfloat16_fast_reverse_is_the_float32_one_up_to_rounding():
+    torch.manual_seed(2)
+    diffusion = GaussianDiffusion(linear_noise_schedule(5, 0.3, 0.01, 0.2))
+    exact = MLPDenoiser(200, hidden_dim=48, time_dim=4, dropout=0.5).eval()
+    mixed = mixed_copy(exact)
+    x0 = (torch.rand(30, 200) < 0.05).float()
+    s_u = torch.rand(30) * 0.5 + 0.5
+    expected = fast_reverse(diffusion, exact, x0, 5, s_u)
+    for start in (x0, x0.to_sparse_csr()):
+        got = fast_reverse(diffusion, mixed, start, 5, s_u)
+        assert got.dtype == torch.float32
+        assert 1e-4 < relative_error(got, expected) < 1.5e-2
+
+
+def test_fast_tanh_in_bfloat16_is_torch_tanh():
+    """The sigmoid form loses small activations in bfloat16 (2 s - 1 with s near 1/2); torch's bfloat16
+    tanh computes in float32 and rounds once."""
+    x = torch.linspace(-4, 4, 1001).bfloat16()
+    assert torch.equal(fast_tanh(x), torch.tanh(x))
+    small = torch.tensor([1e-3, -2e-3, 5e-4]).bfloat16()
+    torch.testing.assert_close(fast_tanh(small).float(), small.float(), rtol=1e-2, atol=0)
+
+
+def test_bfloat16_without_matrix_units_warns(monkeypatch, caplog):
+    monkeypatch.setattr(diffusion_module, "native_bfloat16_products", lambda device: False)
+    with caplog.at_level(logging.WARNING, logger=diffusion_module.__name__):
+        warn_if_emulated("float32", torch.device("cpu"))
+        assert not caplog.records
+        warn_if_emulated("bfloat16", torch.device("cpu"))
+    assert "emulated" in caplog.text and "denoiser_precision" in caplog.text
+    assert isinstance(diffusion_module.native_bfloat16_products(torch.device("cpu")), bool)
