@@ -15,6 +15,7 @@ from lit_mmrec.models.base import RecommenderModule, gather_batch, user_item_tab
 from lit_mmrec.models.components import (
     bpr_loss,
     combine_layers,
+    csr_rows,
     dense_rows,
     gather_rows,
     info_nce,
@@ -268,10 +269,11 @@ class DASRec(RecommenderModule):
     # ---- diffusion (eq 2-20) ----
     def diffusion_losses(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed x0 objective (eq 16) and signal-injection loss (eq 17-20) for a batch of users."""
-        x0 = self.user_rows(users)  # [B, n_items]
+        rows = csr_rows(self.graphs.train_interactions, users)  # alpha_0, sparse [B, n_items]
+        x0 = rows.to_dense()  # [B, n_items]
         scale = self.row_scale(users)
         item_ids = self.id_embedding[self.n_users:].detach()
-        structure = x0 @ item_ids  # alpha_0 E_id [B, d]
+        structure = torch.sparse.mm(rows, item_ids)  # alpha_0 E_id [B, d], from the sparse rows
         t = torch.randint(1, self.diffusion.steps + 1, (len(users),), device=x0.device)
         x_t = self.diffusion.q_sample(x0, t, row_scale=scale)  # one draw per row, shared by the modalities
         x_t = inverted_dropout(x_t, self.denoiser_dropout, self.training)  # DiffMM's input dropout, also shared
