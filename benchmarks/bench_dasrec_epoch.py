@@ -8,6 +8,7 @@ exactly as ``DASRec`` runs them inside ``lit_mmrec fit``; also the peak resident
         embedding_dim=64 denoiser_hidden=128
     python benchmarks/bench_dasrec_epoch.py --sports-scale   # synthetic 35,598 x 18,357 x 296,337
     python benchmarks/bench_dasrec_epoch.py --sports-scale --epochs 1 --max-steps 30   # memory, partial epoch
+    python benchmarks/bench_dasrec_epoch.py embedding_dim=128 denoiser_hidden=1000 denoiser_precision=bfloat16
 """
 
 from __future__ import annotations
