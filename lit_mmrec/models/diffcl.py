@@ -73,7 +73,7 @@ class DiffCL(RecommenderModule):
         * ``denoiser_precision``: ``float32`` (default) or ``bfloat16``, the arithmetic of the denoisers'
           products (mixed precision inside the denoiser only: parameters, gradients, encoders, InfoNCE
           and scoring stay float32; :class:`MLPDenoiser`). Not in the paper; an engineering option for
-          devices with bfloat16 matrix units, where the views' many small products take a third of the time.
+          devices with bfloat16 matrix units, where the views' small products take about half the time.
         * ``views_train_denoiser``: whether L_cl's gradient reaches the denoiser's parameters. The paper
           only calls mu_theta / Sigma_theta learnable. ``true`` (default): L_cl trains the denoiser
           too, through both views' reverse chains. ``false``: DiffMM's arrangement, where the denoiser
