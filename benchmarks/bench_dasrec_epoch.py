@@ -9,6 +9,7 @@ exactly as ``DASRec`` runs them inside ``lit_mmrec fit``; also the peak resident
     python benchmarks/bench_dasrec_epoch.py --sports-scale   # synthetic 35,598 x 18,357 x 296,337
     python benchmarks/bench_dasrec_epoch.py --sports-scale --epochs 1 --max-steps 30   # memory, partial epoch
     python benchmarks/bench_dasrec_epoch.py embedding_dim=128 denoiser_hidden=1000 denoiser_precision=bfloat16
+    python benchmarks/bench_dasrec_epoch.py --device cuda embedding_dim=128 denoiser_hidden=1000
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop each epoch after this many training steps (graph generation always runs in "
                              "full); for memory at scale without a whole epoch's wait")
+    parser.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda")
     parser.add_argument("options", nargs="*", help="DASRec init options as key=value (ints, floats, strings)")
     args = parser.parse_args()
     if args.sports_scale:
@@ -54,42 +56,50 @@ def main() -> None:
         options[key] = value
     datamodule = RecDataModule(source, train_batch_size=1024)
     datamodule.setup("fit")
-    model = DASRec(datamodule.n_users, datamodule.n_items, datamodule.feature_dims, **options)
-    model.graphs = datamodule.graphs
+    device = torch.device(args.device)
+    model = DASRec(datamodule.n_users, datamodule.n_items, datamodule.feature_dims, **options).to(device)
+    model.graphs = datamodule.graphs.to(device)
     model.on_graphs_ready()
+
+    def now() -> float:  # wall clock after the device's queued work
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     epochs = []
     for epoch in range(args.epochs):
         datamodule.reseed_train_sampling(epoch, 0)
-        batches = list(datamodule.train_dataloader())
-        chunks = torch.tensor_split(torch.randperm(datamodule.n_users), len(batches))
+        batches = [batch.to(device) for batch in datamodule.train_dataloader()]
+        chunks = [users.to(device) for users in torch.tensor_split(torch.randperm(datamodule.n_users), len(batches))]
         if args.max_steps is not None:
             batches, chunks = batches[: args.max_steps], chunks[: args.max_steps]
-        start = time.perf_counter()
+        start = now()
         model._generated_edges, model._graphs_eval = None, {}
         model._ensure_eval_graphs()  # generation, as at the start of every DASRec epoch
-        model._graphs_train = model._build_graphs(model.graph_keep_rate, torch.Generator().manual_seed(epoch))
-        generated = time.perf_counter()
+        model._graphs_train = model._build_graphs(model.graph_keep_rate, model._graph_generator(epoch))
+        generated = now()
         diffusion = recommendation = 0.0
         for batch, users in zip(batches, chunks):
-            tick = time.perf_counter()
+            tick = now()
             optimizer.zero_grad()
             diffusion_loss, signal_loss = model.diffusion_losses(users)
             (diffusion_loss + model.lambda_msi * signal_loss).backward()
             optimizer.step()
-            tock = time.perf_counter()
+            tock = now()
             optimizer.zero_grad()
             sum(model.training_losses(*batch).values()).backward()
             optimizer.step()
             diffusion += tock - tick
-            recommendation += time.perf_counter() - tock
+            recommendation += now() - tock
         epochs.append({"graph_generation_s": round(generated - start, 2), "diffusion_s": round(diffusion, 2),
                        "recommendation_s": round(recommendation, 2),
                        "epoch_s": round(generated - start + diffusion + recommendation, 2)})
-    print(json.dumps({"options": options, "threads": torch.get_num_threads(), "max_steps": args.max_steps,
-                      "epochs": epochs,
-                      "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)},
-                     indent=2))
+    report = {"options": options, "device": str(device), "threads": torch.get_num_threads(),
+              "max_steps": args.max_steps, "epochs": epochs,
+              "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)}
+    if device.type == "cuda":
+        report["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated(device) / 1024**3, 2)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
