@@ -303,7 +303,6 @@ class MLPDenoiser(nn.Module):
         self.output_layer = nn.Linear(hidden_dim, dim)
         self.dropout = dropout
         self.normalise_input = normalise_input
-        self.precision = precision
         self.compute_dtype = _COMPUTE_DTYPES[precision]  # None: the parameters' own dtype
         for layer in (self.time_projection, self.input_layer, self.output_layer):
             nn.init.xavier_normal_(layer.weight)
