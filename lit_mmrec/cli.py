@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lit_mmrec.data import RecDataModule
 from lit_mmrec.metrics import BestAndLastCheckpoint, RankingEvaluator, TopKPredictionWriter, TrainingTelemetry
 from lit_mmrec.models import RecommenderModule
-from lit_mmrec.runtime import keep_freed_memory_for_reuse
+from lit_mmrec.runtime import keep_freed_memory_for_reuse, release_process_group
 from lit_mmrec.tracking import TrackedWandbLogger
 
 MONITOR = "val/recall@20"
@@ -118,6 +118,7 @@ def main(args: list[str] | None = None) -> None:
         sweep_main(argv[1:])
         return
     build_cli(args)
+    release_process_group()  # DDP on CPU: gloo must not outlive the interpreter (see the function)
 
 
 if __name__ == "__main__":

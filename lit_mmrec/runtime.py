@@ -1,4 +1,5 @@
-"""Process-level tuning applied by the ``lit_mmrec`` command before any tensor is allocated."""
+"""Process-level set-up and teardown of the ``lit_mmrec`` command: allocator tuning applied before any
+tensor is allocated, and the distributed process group released once the subcommand has returned."""
 
 from __future__ import annotations
 
@@ -44,3 +45,22 @@ def keep_freed_memory_for_reuse() -> bool:
         (_M_TOP_PAD, _TOP_PAD)))
     log.debug("glibc malloc tuning %s", "applied" if applied else "refused")
     return applied
+
+
+def release_process_group() -> bool:
+    """Destroy the default ``torch.distributed`` process group, if one is up; returns whether one was.
+
+    Lightning's DDP strategy initialises the group but registers its destruction at exit only for NCCL.
+    A gloo group (DDP on CPU) left alive until interpreter shutdown can abort the process with
+    ``terminate called without an active exception`` (SIGABRT) after all the work is done: gloo's worker
+    threads still hold finished work whose tensors are released while Python is being torn down. The
+    ``lit_mmrec`` command calls this once its subcommand has returned, when no collective is pending.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    backend = dist.get_backend()
+    dist.destroy_process_group()
+    log.info("released the %s process group", backend)
+    return True

@@ -1,4 +1,4 @@
-"""Process-level allocator tuning applied by the ``lit_mmrec`` command."""
+"""Process-level set-up and teardown of the ``lit_mmrec`` command."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
+import torch.distributed as dist
 
-from lit_mmrec.runtime import keep_freed_memory_for_reuse
+from lit_mmrec.runtime import keep_freed_memory_for_reuse, release_process_group
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
@@ -45,3 +47,17 @@ def test_freed_tables_larger_than_the_mmap_ceiling_are_reused_without_page_fault
     pages = 40 * 1024**2 // 4096
     assert faults("0") > 2 * pages  # glibc's default: each of the last four a fresh mapping, faulted in again
     assert faults("1") < pages // 20  # tuned: freed heap blocks are reused as they are
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch built without torch.distributed")
+def test_release_process_group_destroys_a_live_gloo_group_once(tmp_path):
+    assert release_process_group() is False  # nothing to release
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        dist.all_reduce(torch.ones(3))  # leaves finished work behind in gloo, as a DDP run does
+        assert release_process_group() is True
+        assert not dist.is_initialized()
+        assert release_process_group() is False
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
