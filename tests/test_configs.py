@@ -13,7 +13,7 @@ from tests.test_cli import TINY_DATA
 
 CONFIGS = REPO_ROOT / "configs"
 OVERLAYS = [(model, path) for model in ("diffcl", "dasrec") for path in sorted((CONFIGS / "ablation" / model).glob("*.yaml"))]
-OVERLAYS += [(model, CONFIGS / "precision" / "bf16_denoisers.yaml") for model in ("diffcl", "dasrec")]
+OVERLAYS += [(model, path) for model in ("diffcl", "dasrec") for path in sorted((CONFIGS / "precision").glob("*.yaml"))]
 
 
 @pytest.mark.parametrize(("model", "overlay"), OVERLAYS, ids=lambda value: getattr(value, "stem", value))
@@ -26,3 +26,12 @@ def test_overlay_composes_after_its_experiment(model: str, overlay: Path, tmp_pa
     assert type(cli.model).__name__.lower() == model
     for key, value in expected.items():
         assert cli.model.hparams[key] == value, f"{overlay.name}: {key}"
+
+
+@pytest.mark.parametrize("model", ["diffcl", "dasrec"])
+def test_precision_overlays_compose_together(model: str, tmp_path: Path):
+    overlays = [arg for path in sorted((CONFIGS / "precision").glob("*.yaml")) for arg in ("--config", str(path))]
+    cli = build_cli(["--config", str(CONFIGS / "experiment" / f"{model}_synthetic.yaml"), *overlays,
+                     "--trainer.default_root_dir", str(tmp_path), "--data.cache_dir", str(tmp_path / "cache"),
+                     *TINY_DATA], run=False)
+    assert cli.model.hparams["denoiser_precision"] == cli.model.hparams["contrastive_precision"] == "bfloat16"

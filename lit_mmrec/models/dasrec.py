@@ -32,8 +32,8 @@ from lit_mmrec.models.components.diffusion import (
     fast_reverse,
     inverted_dropout,
     linear_noise_schedule,
-    warn_if_emulated,
 )
+from lit_mmrec.models.components.precision import ProductPrecision, compute_dtype, warn_if_emulated
 
 SparsityReference = Literal["n_items", "max_degree"]
 ContrastiveNegatives = Literal["batch", "all"]
@@ -139,6 +139,9 @@ class DASRec(RecommenderModule):
           items; ``all`` against every user / item (eq 26-27 literally, DiffMM's ``contrastLoss``; about
           n_users / batch times the cost). Neither gathers across DDP processes: each process's loss is
           that of its own batch, and DDP averages the gradients, as for any per-batch loss.
+        * ``contrastive_precision``: ``float32`` (default) or ``bfloat16``, the arithmetic of the InfoNCE
+          similarity products (forward and backward; softmax and loss stay float32; :func:`info_nce`).
+          Not in the paper; for devices with bfloat16 matrix units, like ``denoiser_precision``.
         * ``modality_graph_weight`` (DiffMM ``ris_adj_lambda`` 0.2), ``omega`` (``ris_lambda`` 0.5).
 
     Ablations (paper Table IV): ``sparsity_scaled_noise=False`` is DASRec-n's plain diffusion;
@@ -189,6 +192,7 @@ class DASRec(RecommenderModule):
         use_modality_anchor: bool = True,
         use_main_anchor: bool = True,
         contrastive_negatives: ContrastiveNegatives = "batch",
+        contrastive_precision: ProductPrecision = "float32",
         **kwargs: Any,
     ) -> None:
         super().__init__(n_users, n_items, feature_dims=feature_dims, **kwargs)
@@ -222,6 +226,8 @@ class DASRec(RecommenderModule):
         self.lambda_cl, self.tau = lambda_cl, tau
         self.use_modality_anchor, self.use_main_anchor = use_modality_anchor, use_main_anchor
         self.contrastive_negatives = contrastive_negatives
+        compute_dtype(contrastive_precision, "contrastive_precision")  # fail at construction, not at the first step
+        self.contrastive_precision = contrastive_precision
 
         self.id_embedding = user_item_table(n_users, n_items, embedding_dim)
         self.projections = nn.ModuleDict({m: nn.Linear(d, embedding_dim) for m, d in self.feature_dims.items()})
@@ -246,8 +252,10 @@ class DASRec(RecommenderModule):
 
     # ---- data-derived tensors ----
     def on_graphs_ready(self) -> None:
+        device = self.graphs.norm_adjacency.device
         if self.use_diffusion_graphs:
-            warn_if_emulated(self.denoiser_precision, self.graphs.norm_adjacency.device)
+            warn_if_emulated(self.denoiser_precision, device)
+        warn_if_emulated(self.contrastive_precision, device, "contrastive_precision")
         train = self.graphs.train_interactions
         degree = (train.crow_indices()[1:] - train.crow_indices()[:-1]).float()
         reference = float(self.n_items) if self.sparsity_reference == "n_items" else float(degree.max().clamp(min=1))
@@ -466,10 +474,11 @@ class DASRec(RecommenderModule):
             rows = {name: gather_rows(tables[name], nodes + offset) for name in used}
             if self.contrastive_negatives == "all":  # every node of the side as a negative
                 for a, b in pairs:
-                    total = total + info_nce_against(rows[a], tables[b][offset:end], nodes, self.tau)
+                    total = total + info_nce_against(rows[a], tables[b][offset:end], nodes, self.tau,
+                                                     self.contrastive_precision)
             else:  # the other nodes of the batch as negatives
                 for a, b in pairs:
-                    total = total + info_nce(rows[a], rows[b], self.tau)
+                    total = total + info_nce(rows[a], rows[b], self.tau, self.contrastive_precision)
         return total
 
     def training_losses(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor

@@ -25,8 +25,8 @@ from lit_mmrec.models.components.diffusion import (
     GaussianDiffusion,
     MLPDenoiser,
     linear_noise_schedule,
-    warn_if_emulated,
 )
+from lit_mmrec.models.components.precision import ProductPrecision, compute_dtype, warn_if_emulated
 
 UserModalityInput = Literal["aggregate", "learned", "id"]
 
@@ -74,6 +74,9 @@ class DiffCL(RecommenderModule):
           products (mixed precision inside the denoiser only: parameters, gradients, encoders, InfoNCE
           and scoring stay float32; :class:`MLPDenoiser`). Not in the paper; an engineering option for
           devices with bfloat16 matrix units, where the views' small products take about half the time.
+        * ``contrastive_precision``: the same choice for L_cl's InfoNCE similarity products (forward and
+          backward; the softmax and the loss stay float32; :func:`info_nce`), a 1,200-row call 7.5-8.3
+          against 10.7-11.1 ms on the development CPU.
         * ``views_train_denoiser``: whether L_cl's gradient reaches the denoiser's parameters. The paper
           only calls mu_theta / Sigma_theta learnable. ``true`` (default): L_cl trains the denoiser
           too, through both views' reverse chains. ``false``: DiffMM's arrangement, where the denoiser
@@ -126,6 +129,7 @@ class DiffCL(RecommenderModule):
         denoiser_time_dim: int = 16,
         denoiser_dropout: float = 0.5,
         denoiser_precision: DenoiserPrecision = "float32",
+        contrastive_precision: ProductPrecision = "float32",
         sampling_noise: bool = False,
         diffusion_weight: float = 1.0,
         views_train_denoiser: bool = True,
@@ -152,6 +156,8 @@ class DiffCL(RecommenderModule):
         self.diffusion_weight = diffusion_weight
         self.views_train_denoiser = views_train_denoiser
         self.denoiser_precision = denoiser_precision
+        compute_dtype(contrastive_precision, "contrastive_precision")  # fail at construction, not at the first step
+        self.contrastive_precision = contrastive_precision
         self.normalise_item_features = normalise_item_features
         self.align_to_fixed_id = align_to_fixed_id
 
@@ -176,7 +182,9 @@ class DiffCL(RecommenderModule):
 
     # ---- graphs derived once per setup ----
     def on_graphs_ready(self) -> None:
-        warn_if_emulated(self.denoiser_precision, self.graphs.norm_adjacency.device)
+        device = self.graphs.norm_adjacency.device
+        warn_if_emulated(self.denoiser_precision, device)
+        warn_if_emulated(self.contrastive_precision, device, "contrastive_precision")
         n_users = self.n_users
         # user -> item mean aggregation R_norm = D_u^-1 R, for users' aggregated modality inputs
         interactions = self.graphs.train_interactions.to_sparse_coo().coalesce()
@@ -302,8 +310,8 @@ class DiffCL(RecommenderModule):
         for modality in self.modalities:
             # both views in one pass: independent noise and dropout per row, half the operator calls
             view_a, view_b = self.diffusion_view(modality, x0[modality].repeat(2, 1)).chunk(2)
-            total = total + info_nce(view_a[:n_users], view_b[:n_users], self.tau) \
-                + info_nce(view_a[n_users:], view_b[n_users:], self.tau)
+            total = total + info_nce(view_a[:n_users], view_b[:n_users], self.tau, self.contrastive_precision) \
+                + info_nce(view_a[n_users:], view_b[n_users:], self.tau, self.contrastive_precision)
         return total
 
     def alignment_loss(self, id_rows: torch.Tensor, final_rows: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -12,6 +12,7 @@ from lit_mmrec.models.components import (
     combine_layers,
     gather_rows,
     info_nce,
+    info_nce_against,
     inner_product_scores,
     l2_regularisation,
     propagate,
@@ -115,6 +116,42 @@ def test_info_nce_on_hand_made_views():
     assert info_nce(view, view, t).item() == pytest.approx(expected, rel=1e-6)
     # scaling a view does not change cosine similarity
     assert info_nce(view, 3 * view, t).item() == pytest.approx(expected, rel=1e-6)
+    # bfloat16 products: these similarities (2 and 0 after the 1/t) are exact in bfloat16
+    assert info_nce(view, view, t, "bfloat16").item() == pytest.approx(expected, rel=1e-6)
+
+
+def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((value.double() - reference).norm() / reference.norm()).item()
+
+
+@pytest.mark.parametrize("against", [False, True])
+def test_info_nce_in_bfloat16_is_float32_up_to_the_products_rounding(against):
+    """37 anchors and 53 candidates (not multiples of the 16-row padding): loss and gradients of the
+    bfloat16-product InfoNCE against float64, float32 results and gradients, no padded row leaking."""
+    generator = torch.Generator().manual_seed(0)
+    anchors = torch.randn(37, 24, generator=generator, dtype=torch.float64)
+    candidates = torch.randn(53 if against else 37, 24, generator=generator, dtype=torch.float64)
+    positives = torch.randint(0, candidates.shape[0], (37,), generator=generator)
+
+    def loss(a: torch.Tensor, c: torch.Tensor, precision: str = "float32") -> torch.Tensor:
+        if against:
+            return info_nce_against(a, c, positives, 0.2, precision)
+        return info_nce(a, c, 0.2, precision)
+
+    inputs64 = [x.clone().requires_grad_() for x in (anchors, candidates)]
+    reference = loss(*inputs64)
+    reference_grads = torch.autograd.grad(reference, inputs64)
+    errors = {}
+    for precision in ("float32", "bfloat16"):
+        inputs = [x.float().requires_grad_() for x in (anchors, candidates)]
+        value = loss(*inputs, precision)
+        grads = torch.autograd.grad(value, inputs)
+        assert value.dtype == torch.float32 and all(g.dtype == torch.float32 for g in grads)
+        assert [g.shape for g in grads] == [x.shape for x in inputs]
+        errors[precision] = max(_relative_error(g, r) for g, r in zip(grads, reference_grads))
+        assert value.item() == pytest.approx(reference.item(), rel=1e-3)
+    assert errors["float32"] < 1e-5
+    assert 1e-4 < errors["bfloat16"] < 1e-2  # rounded to 8 significant bits, not worse
 
 
 @pytest.mark.parametrize("dim", [1, 64, 128])

@@ -343,3 +343,24 @@ def test_bfloat16_denoisers_train_and_generate_graphs(tiny_datamodule):
     for m in exact.modalities:
         assert edges_mixed[m].shape[1] > 0
         assert torch.equal(edges_mixed[m], edges_exact[m])
+
+
+@pytest.mark.parametrize("negatives", ["batch", "all"])
+def test_bfloat16_contrastive_products_change_the_contrastive_term_by_rounding_only(tiny_datamodule, negatives):
+    """``contrastive_precision: bfloat16``: L_cl of the float32 model up to the rounding of its
+    similarities (batch or all-node negatives), every other term unchanged."""
+    exact = build(tiny_datamodule, contrastive_negatives=negatives)
+    mixed = build(tiny_datamodule, contrastive_negatives=negatives, contrastive_precision="bfloat16")
+    mixed.load_state_dict(exact.state_dict())
+    users, positives, negatives_ = torch.arange(12), torch.arange(12) % 7, torch.arange(12) % 5 + 7
+    losses = {}
+    for name, model in (("exact", exact), ("mixed", mixed)):
+        torch.manual_seed(5)
+        losses[name] = model.training_losses(users, positives, negatives_)
+    assert "cl" in losses["exact"]
+    for term in set(losses["exact"]) - {"cl"}:
+        torch.testing.assert_close(losses["mixed"][term], losses["exact"][term])
+    torch.testing.assert_close(losses["mixed"]["cl"], losses["exact"]["cl"], rtol=1e-2, atol=1e-6)
+    assert losses["mixed"]["cl"].item() != losses["exact"]["cl"].item()  # the similarities were rounded
+    with pytest.raises(ValueError, match="contrastive_precision"):
+        build(tiny_datamodule, contrastive_precision="float16")

@@ -188,3 +188,21 @@ def test_bfloat16_denoisers_change_the_losses_by_rounding_only(tiny_datamodule):
     sum(losses["mixed"].values()).backward()
     weight = mixed.denoisers["image"].input_layer.weight
     assert weight.dtype == weight.grad.dtype == torch.float32 and weight.grad.abs().sum() > 0
+
+
+def test_bfloat16_contrastive_products_change_the_contrastive_term_by_rounding_only(tiny_datamodule):
+    """``contrastive_precision: bfloat16``: L_cl of the float32 model (same weights, same noise draws) up to
+    the rounding of its similarities, every other term unchanged."""
+    exact, mixed = build(tiny_datamodule), build(tiny_datamodule, contrastive_precision="bfloat16")
+    mixed.load_state_dict(exact.state_dict())
+    batch = next(iter(tiny_datamodule.train_dataloader()))
+    losses = {}
+    for name, model in (("exact", exact), ("mixed", mixed)):
+        torch.manual_seed(5)
+        losses[name] = model.training_losses(*batch)
+    for term in set(losses["exact"]) - {"cl"}:
+        torch.testing.assert_close(losses["mixed"][term], losses["exact"][term])
+    torch.testing.assert_close(losses["mixed"]["cl"], losses["exact"]["cl"], rtol=1e-2, atol=1e-5)
+    assert losses["mixed"]["cl"].item() != losses["exact"]["cl"].item()  # the similarities were rounded
+    with pytest.raises(ValueError, match="contrastive_precision"):
+        build(tiny_datamodule, contrastive_precision="float16")

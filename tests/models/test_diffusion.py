@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 
-from lit_mmrec.models.components import diffusion as diffusion_module
 from lit_mmrec.models.components.diffusion import (
     GaussianDiffusion,
     MLPDenoiser,
@@ -15,9 +12,7 @@ from lit_mmrec.models.components.diffusion import (
     fast_tanh,
     inverted_dropout,
     linear_noise_schedule,
-    pad_rows,
     timestep_embedding,
-    warn_if_emulated,
 )
 
 
@@ -185,22 +180,3 @@ def test_fast_tanh_in_bfloat16_is_torch_tanh():
     assert torch.equal(fast_tanh(x), torch.tanh(x))
     small = torch.tensor([1e-3, -2e-3, 5e-4]).bfloat16()
     torch.testing.assert_close(fast_tanh(small).float(), small.float(), rtol=1e-2, atol=0)
-
-
-def test_bfloat16_without_matrix_units_warns(monkeypatch, caplog):
-    monkeypatch.setattr(diffusion_module, "native_bfloat16_products", lambda device: False)
-    with caplog.at_level(logging.WARNING, logger=diffusion_module.__name__):
-        warn_if_emulated("float32", torch.device("cpu"))
-        assert not caplog.records
-        warn_if_emulated("bfloat16", torch.device("cpu"))
-    assert "emulated" in caplog.text and "denoiser_precision" in caplog.text
-    assert isinstance(diffusion_module.native_bfloat16_products(torch.device("cpu")), bool)
-
-
-def test_pad_rows_appends_zero_rows_up_to_the_multiple():
-    x = torch.arange(1.0, 35.0).view(17, 2)
-    padded = pad_rows(x, 16)
-    assert padded.shape == (32, 2)
-    assert torch.equal(padded[:17], x) and not padded[17:].any()
-    exact = torch.ones(32, 3)
-    assert pad_rows(exact, 16) is exact

@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import math
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger(__name__)
+from lit_mmrec.models.components.precision import PRODUCT_ROW_MULTIPLE, ProductPrecision, compute_dtype, pad_rows
 
-DenoiserPrecision = Literal["float32", "bfloat16"]
-_COMPUTE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
-
-
-def native_bfloat16_products(device: torch.device) -> bool:
-    """Whether bfloat16 matrix products run on dedicated hardware on ``device``: CUDA devices of compute
-    capability 8.0 (Ampere) or later, CPUs where oneDNN finds AVX512-BF16 or AMX. Elsewhere torch
-    emulates them, more slowly than float32."""
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
-    if device.type == "cpu":
-        try:
-            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
-
-
-def warn_if_emulated(precision: DenoiserPrecision, device: torch.device) -> None:
-    """Log a warning when ``precision`` asks for bfloat16 products that ``device`` can only emulate."""
-    if precision == "bfloat16" and not native_bfloat16_products(device):
-        log.warning("denoiser_precision 'bfloat16' on %s: this device has no bfloat16 matrix units (CPU: "
-                    "AVX512-BF16 or AMX; GPU: compute capability 8.0+), so the products are emulated and slower "
-                    "than float32; use denoiser_precision 'float32' here", device)
+DenoiserPrecision = ProductPrecision  # the denoisers' products: float32 or bfloat16
 
 
 def linear_noise_schedule(steps: int, noise_scale: float, noise_min: float, noise_max: float) -> torch.Tensor:
@@ -260,22 +236,6 @@ class _StepConditionedLinear(torch.autograd.Function):
         return grad_x, grad_step, grad_weight, grad_bias
 
 
-PRODUCT_ROW_MULTIPLE = 16
-
-
-def pad_rows(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """``x`` [B, ...] with zero rows appended up to a multiple of ``multiple`` rows (``x`` itself if it is one).
-
-    oneDNN builds (and caches) a kernel for every new matrix shape, about 0.5 ms for a bfloat16 product of
-    2,400 x 144 x 256 on the development CPU, as long as the product itself. DiffCL's denoisers see a new
-    row count every step (the batch's unique users and items), so without padding nearly every bfloat16
-    product paid it; rounded up to a multiple of 16 rows a run sees a handful of shapes. Zero rows add
-    nothing to the products' gradients with respect to the weights, and callers drop the padded output rows.
-    """
-    missing = -x.shape[0] % multiple
-    return F.pad(x, (0, 0) * (x.dim() - 1) + (0, missing)) if missing else x
-
-
 class MLPDenoiser(nn.Module):
     """Predicts ``x_0`` from ``(x_t, t)``: ``out(tanh(in([dropout(norm(x_t)), emb(t)])))`` (DiffMM's Denoise).
 
@@ -285,9 +245,9 @@ class MLPDenoiser(nn.Module):
     ``bfloat16`` is mixed precision as ``torch.autocast`` does it, confined to this network: the input and
     the weights are rounded to bfloat16 for the products (which accumulate in float32 and round their
     result to bfloat16), the parameters, their gradients (upcast by autograd through the cast) and the
-    optimizer state stay float32, and the prediction is returned in the input's dtype. Where the device
-    multiplies bfloat16 natively (:func:`native_bfloat16_products`) the products take a third of the
-    time: on the 2-core development CPU (AMD Zen 4, AVX512-BF16) 6.3-8.1 against 18.7-25.4 ms for DASRec's
+    optimizer state stay float32, and the prediction is returned in the input's dtype (the
+    :mod:`~lit_mmrec.models.components.precision` module). Where the device multiplies bfloat16 natively
+    the products take a third of the time: on the 2-core development CPU (AMD Zen 4, AVX512-BF16) 6.3-8.1 against 18.7-25.4 ms for DASRec's
     158 x 6,710 x 1,000 layers. Rounding to 8 significant bits moves a prediction by about 0.4% of its
     size; use it for the large denoisers whose products dominate an epoch, and check validation.
     """
@@ -295,15 +255,13 @@ class MLPDenoiser(nn.Module):
     def __init__(self, dim: int, hidden_dim: int = 256, time_dim: int = 16, dropout: float = 0.5,
                  normalise_input: bool = False, precision: DenoiserPrecision = "float32") -> None:
         super().__init__()
-        if precision not in _COMPUTE_DTYPES:
-            raise ValueError(f"denoiser precision must be one of {sorted(_COMPUTE_DTYPES)}, got {precision!r}")
         self.time_dim = time_dim
         self.time_projection = nn.Linear(time_dim, time_dim)
         self.input_layer = nn.Linear(dim + time_dim, hidden_dim)
         self.output_layer = nn.Linear(hidden_dim, dim)
         self.dropout = dropout
         self.normalise_input = normalise_input
-        self.compute_dtype = _COMPUTE_DTYPES[precision]  # None: the parameters' own dtype
+        self.compute_dtype = compute_dtype(precision, "denoiser precision")  # None: the parameters' own dtype
         for layer in (self.time_projection, self.input_layer, self.output_layer):
             nn.init.xavier_normal_(layer.weight)
             nn.init.normal_(layer.bias, std=0.001)
