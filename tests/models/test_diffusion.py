@@ -173,10 +173,17 @@ def test_bfloat16_fast_reverse_is_the_float32_one_up_to_rounding():
         assert 1e-4 < relative_error(got, expected) < 1.5e-2
 
 
-def test_fast_tanh_in_bfloat16_is_torch_tanh():
-    """The sigmoid form loses small activations in bfloat16 (2 s - 1 with s near 1/2); torch's bfloat16
-    tanh computes in float32 and rounds once."""
-    x = torch.linspace(-4, 4, 1001).bfloat16()
-    assert torch.equal(fast_tanh(x), torch.tanh(x))
-    small = torch.tensor([1e-3, -2e-3, 5e-4]).bfloat16()
-    torch.testing.assert_close(fast_tanh(small).float(), small.float(), rtol=1e-2, atol=0)
+def test_fast_tanh_in_bfloat16_rounds_a_float32_tanh_once():
+    """bfloat16 in, bfloat16 out, computed in float32: within one bfloat16 rounding of the exact tanh, small
+    activations included (the sigmoid form computed in bfloat16 would lose them: 2 s - 1 with s near 1/2),
+    and the gradient ``grad (1 - y^2)``."""
+    x = torch.cat([torch.linspace(-4, 4, 1001), torch.tensor([1e-3, -2e-3, 5e-4, 1e-5])]).bfloat16()
+    x.requires_grad_()
+    y = fast_tanh(x)
+    assert y.dtype == torch.bfloat16
+    exact = torch.tanh(x.detach().double())
+    error = (y.detach().double() - exact).abs()
+    assert (error <= torch.clamp(2.0**-8 * exact.abs(), min=1e-6)).all()
+    assert (error > 0).any()  # rounded to bfloat16, not left in float32
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (1 - y.detach().float() ** 2).bfloat16(), atol=0, rtol=2**-7)
