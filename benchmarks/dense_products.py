@@ -1,9 +1,11 @@
-"""Benchmark: the dense products of the diffusion denoisers in float32 and bfloat16, on this machine.
+"""Benchmark: the dense products of the diffusion denoisers and of InfoNCE in float32 and bfloat16, on this machine.
 
-Times each product at the shapes DiffCL and DASRec run on TikTok (batch rows x input x output), as
+Times each denoiser product at the shapes DiffCL and DASRec run on TikTok (batch rows x input x output), as
 ``torch.matmul`` in float32 (MKL on x86 CPUs), through oneDNN's float32 linear kernel, and in bfloat16 (what
-``denoiser_precision: bfloat16`` runs), and whether this device multiplies bfloat16 natively. Use it to
-decide whether ``configs/precision/bf16_denoisers.yaml`` pays off on a machine.
+``denoiser_precision: bfloat16`` runs), and whether this device multiplies bfloat16 natively; then one
+InfoNCE call (forward and backward, 128-d) at several row counts at each ``contrastive_precision``. Use it
+to decide whether ``configs/precision/bf16_denoisers.yaml`` or ``bf16_contrastive.yaml`` pays off on a machine
+(the row counts of a model's InfoNCE calls are a batch's unique users and unique items).
 
     python benchmarks/dense_products.py            # CPU, all threads
     python benchmarks/dense_products.py --device cuda
@@ -17,8 +19,8 @@ import time
 
 import torch
 
-from lit_mmrec.models.components import inner_product_scores
-from lit_mmrec.models.components.diffusion import native_bfloat16_products
+from lit_mmrec.models.components import info_nce, inner_product_scores
+from lit_mmrec.models.components.precision import native_bfloat16_products
 
 # (name, rows, inner, out): the forward products and the backward weight-gradient product of the denoisers
 SHAPES = [
@@ -29,6 +31,7 @@ SHAPES = [
     ("diffcl input layer (views)", 2400, 144, 256),
     ("diffcl output layer (views)", 2400, 256, 128),
 ]
+INFO_NCE_ROWS = [400, 800, 1200, 2400]  # TikTok, batch 1,024: about 400 unique users and 800 unique items
 
 
 def median_ms(fn, device: torch.device, repeats: int) -> float:
@@ -73,7 +76,20 @@ def main() -> None:
         row["bfloat16_gflops"] = round(gflop / row["bfloat16_ms"] * 1e3)
         rows.append(row)
     print(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
-                      "native_bfloat16_products": native_bfloat16_products(device), "products": rows}, indent=2))
+                      "native_bfloat16_products": native_bfloat16_products(device), "products": rows,
+                      "info_nce": [info_nce_row(n, device, args.repeats) for n in INFO_NCE_ROWS]}, indent=2))
+
+
+def info_nce_row(n: int, device: torch.device, repeats: int) -> dict:
+    """One InfoNCE call on n x 128 views, forward and backward, at each precision (ms)."""
+    views = [torch.randn(n, 128, device=device, requires_grad=True) for _ in range(2)]
+    row = {"rows": n}
+    for precision in ("float32", "bfloat16"):
+        def call() -> None:
+            with torch.enable_grad():
+                info_nce(*views, 0.4, precision).backward()
+        row[f"{precision}_ms"] = round(median_ms(call, device, repeats), 2)
+    return row
 
 
 if __name__ == "__main__":
