@@ -45,8 +45,9 @@ def info_nce(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float,
     ``precision`` is the arithmetic of the n x n similarity product and of its two backward products
     (:mod:`~lit_mmrec.models.components.precision`); the softmax and the loss are float32 either way.
     In bfloat16 each similarity is rounded to 8 significant bits (2^-9 relative). Forward and backward on
-    the development CPU (2 threads, 128-d): 400 rows 1.4-2.6 against 1.5-1.8 ms (no gain), 800 rows 4.0-4.4
-    against 5.6-5.8, 1,200 rows 8.1-8.7 against 10.8-14.1, 2,400 rows 26-28 against 47-51 ms.
+    the development CPU (``python benchmarks/dense_products.py``, 2 threads, 128-d): 400 rows 1.06-1.11
+    against 1.30-1.33 ms, 800 rows 3.05-3.11 against 4.35-4.37, 1,200 rows 5.9-6.9 against 8.8-9.0,
+    2,400 rows 27-36 against 42 ms.
     """
     logits = _cosine_logits(view_a, view_b, temperature, compute_dtype(precision))
     targets = torch.arange(logits.shape[0], device=logits.device)
