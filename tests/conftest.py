@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from lit_mmrec.data import RecDataModule, Synthetic
 
@@ -37,3 +38,23 @@ def tiny_datamodule(tiny_source: Synthetic, tmp_path: Path) -> RecDataModule:
                                train_batch_size=128, eval_batch_size=16)
     datamodule.setup("fit")
     return datamodule
+
+
+def paired_losses(exact, mixed, *batch: torch.Tensor, seed: int = 5) -> tuple[dict, dict]:
+    """``training_losses`` of two models on ``batch``: ``mixed`` given ``exact``'s weights, both from the same
+    random state (same noise and dropout draws), for comparing a precision option with float32."""
+    mixed.load_state_dict(exact.state_dict())
+    losses = []
+    for model in (exact, mixed):
+        torch.manual_seed(seed)
+        losses.append(model.training_losses(*batch))
+    return losses[0], losses[1]
+
+
+def assert_only_contrastive_term_rounded(exact: dict, mixed: dict, atol: float) -> None:
+    """Every loss term equal but ``cl``, which differs by bfloat16 rounding of the similarities only."""
+    assert "cl" in exact and set(mixed) == set(exact)
+    for term in set(exact) - {"cl"}:
+        torch.testing.assert_close(mixed[term], exact[term])
+    torch.testing.assert_close(mixed["cl"], exact["cl"], rtol=1e-2, atol=atol)
+    assert mixed["cl"].item() != exact["cl"].item()  # the similarities were rounded

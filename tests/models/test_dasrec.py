@@ -16,6 +16,7 @@ from lit_mmrec.models import DASRec
 from lit_mmrec.models.components import info_nce, info_nce_against
 from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, fast_reverse, linear_noise_schedule
 from lit_mmrec.models.dasrec import ModalityAttention
+from tests.conftest import assert_only_contrastive_term_rounded, paired_losses
 
 
 def build(datamodule: RecDataModule, **kwargs) -> DASRec:
@@ -349,18 +350,10 @@ def test_bfloat16_denoisers_train_and_generate_graphs(tiny_datamodule):
 def test_bfloat16_contrastive_products_change_the_contrastive_term_by_rounding_only(tiny_datamodule, negatives):
     """``contrastive_precision: bfloat16``: L_cl of the float32 model up to the rounding of its
     similarities (batch or all-node negatives), every other term unchanged."""
-    exact = build(tiny_datamodule, contrastive_negatives=negatives)
-    mixed = build(tiny_datamodule, contrastive_negatives=negatives, contrastive_precision="bfloat16")
-    mixed.load_state_dict(exact.state_dict())
-    users, positives, negatives_ = torch.arange(12), torch.arange(12) % 7, torch.arange(12) % 5 + 7
-    losses = {}
-    for name, model in (("exact", exact), ("mixed", mixed)):
-        torch.manual_seed(5)
-        losses[name] = model.training_losses(users, positives, negatives_)
-    assert "cl" in losses["exact"]
-    for term in set(losses["exact"]) - {"cl"}:
-        torch.testing.assert_close(losses["mixed"][term], losses["exact"][term])
-    torch.testing.assert_close(losses["mixed"]["cl"], losses["exact"]["cl"], rtol=1e-2, atol=1e-6)
-    assert losses["mixed"]["cl"].item() != losses["exact"]["cl"].item()  # the similarities were rounded
+    batch = torch.arange(12), torch.arange(12) % 7, torch.arange(12) % 5 + 7  # users, positives, negatives
+    exact, mixed = paired_losses(build(tiny_datamodule, contrastive_negatives=negatives),
+                                 build(tiny_datamodule, contrastive_negatives=negatives, contrastive_precision="bfloat16"),
+                                 *batch)
+    assert_only_contrastive_term_rounded(exact, mixed, atol=1e-6)
     with pytest.raises(ValueError, match="contrastive_precision"):
         build(tiny_datamodule, contrastive_precision="float16")
