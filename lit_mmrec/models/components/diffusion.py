@@ -253,9 +253,10 @@ class MLPDenoiser(nn.Module):
     result to bfloat16), the parameters, their gradients (upcast by autograd through the cast) and the
     optimizer state stay float32, and the prediction is returned in the input's dtype (the
     :mod:`~lit_mmrec.models.components.precision` module). Where the device multiplies bfloat16 natively
-    the products take a third of the time: on the 2-core development CPU (AMD Zen 4, AVX512-BF16) 6.3-8.1 against 18.7-25.4 ms for DASRec's
-    158 x 6,710 x 1,000 layers. Rounding to 8 significant bits moves a prediction by about 0.4% of its
-    size; use it for the large denoisers whose products dominate an epoch, and check validation.
+    the products take a third of the time: on the 2-core development CPU (AMD Zen 4, AVX512-BF16)
+    6.3-8.1 against 18.7-25.4 ms for DASRec's 158 x 6,710 x 1,000 layers. Rounding to 8 significant
+    bits moves a prediction by about 0.4% of its size; use it for the large denoisers whose products
+    dominate an epoch, and check validation.
     """
 
     def __init__(self, dim: int, hidden_dim: int = 256, time_dim: int = 16, dropout: float = 0.5,
