@@ -26,7 +26,6 @@ from lit_mmrec.models.components import (
     sparse_matmul,
 )
 from lit_mmrec.models.components.diffusion import (
-    DenoiserPrecision,
     GaussianDiffusion,
     MLPDenoiser,
     fast_reverse,
@@ -170,7 +169,7 @@ class DASRec(RecommenderModule):
         denoiser_hidden: int = 1000,
         denoiser_time_dim: int = 10,
         denoiser_dropout: float = 0.5,
-        denoiser_precision: DenoiserPrecision = "float32",
+        denoiser_precision: ProductPrecision = "float32",
         diffusion_weight: float = 1.0,
         # attention and signal injection
         use_modality_attention: bool = True,

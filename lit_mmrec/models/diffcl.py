@@ -21,7 +21,6 @@ from lit_mmrec.models.components import (
     sparse_matmul,
 )
 from lit_mmrec.models.components.diffusion import (
-    DenoiserPrecision,
     GaussianDiffusion,
     MLPDenoiser,
     linear_noise_schedule,
@@ -130,7 +129,7 @@ class DiffCL(RecommenderModule):
         denoiser_hidden: int = 256,
         denoiser_time_dim: int = 16,
         denoiser_dropout: float = 0.5,
-        denoiser_precision: DenoiserPrecision = "float32",
+        denoiser_precision: ProductPrecision = "float32",
         contrastive_precision: ProductPrecision = "float32",
         sampling_noise: bool = False,
         diffusion_weight: float = 1.0,

@@ -11,8 +11,6 @@ from torch import nn
 
 from lit_mmrec.models.components.precision import PRODUCT_ROW_MULTIPLE, ProductPrecision, compute_dtype, pad_rows
 
-DenoiserPrecision = ProductPrecision  # the denoisers' products: float32 or bfloat16
-
 
 def linear_noise_schedule(steps: int, noise_scale: float, noise_min: float, noise_max: float) -> torch.Tensor:
     """``1 - gamma_bar_t = s * (gamma_min + (t - 1) / (T - 1) * (gamma_max - gamma_min))``, t = 1..T.
@@ -260,7 +258,7 @@ class MLPDenoiser(nn.Module):
     """
 
     def __init__(self, dim: int, hidden_dim: int = 256, time_dim: int = 16, dropout: float = 0.5,
-                 normalise_input: bool = False, precision: DenoiserPrecision = "float32") -> None:
+                 normalise_input: bool = False, precision: ProductPrecision = "float32") -> None:
         super().__init__()
         self.time_dim = time_dim
         self.time_projection = nn.Linear(time_dim, time_dim)
