@@ -9,6 +9,7 @@ exactly as ``DASRec`` runs them inside ``lit_mmrec fit``; also the peak resident
     python benchmarks/bench_dasrec_epoch.py --sports-scale   # synthetic 35,598 x 18,357 x 296,337
     python benchmarks/bench_dasrec_epoch.py --sports-scale --epochs 1 --max-steps 30   # memory, partial epoch
     python benchmarks/bench_dasrec_epoch.py embedding_dim=128 denoiser_hidden=1000 denoiser_precision=bfloat16
+    python benchmarks/bench_dasrec_epoch.py embedding_dim=128 denoiser_hidden=1000 diffusion_batch_size=1024
     python benchmarks/bench_dasrec_epoch.py --device cuda embedding_dim=128 denoiser_hidden=1000
 """
 
@@ -24,6 +25,7 @@ import torch
 
 from lit_mmrec.data import DiffMMPickles, RecDataModule, Synthetic
 from lit_mmrec.models import DASRec
+from lit_mmrec.models.dasrec import diffusion_plan
 from lit_mmrec.runtime import keep_freed_memory_for_reuse
 
 
@@ -70,21 +72,24 @@ def main() -> None:
     for epoch in range(args.epochs):
         datamodule.reseed_train_sampling(epoch, 0)
         batches = [batch.to(device) for batch in datamodule.train_dataloader()]
-        chunks = [users.to(device) for users in torch.tensor_split(torch.randperm(datamodule.n_users), len(batches))]
+        plan = diffusion_plan(datamodule.n_users, len(batches), model.diffusion_batch_size, seed=0, epoch=epoch,
+                              device=device)  # which users each step diffuses, as in training
         if args.max_steps is not None:
-            batches, chunks = batches[: args.max_steps], chunks[: args.max_steps]
+            batches = batches[: args.max_steps]
         start = now()
         model._generated_edges, model._graphs_eval = None, {}
         model._ensure_eval_graphs()  # generation, as at the start of every DASRec epoch
         model._graphs_train = model._build_graphs(model.graph_keep_rate, model._graph_generator(epoch))
         generated = now()
         diffusion = recommendation = 0.0
-        for batch, users in zip(batches, chunks):
+        for index, batch in enumerate(batches):
             tick = now()
-            optimizer.zero_grad()
-            diffusion_loss, signal_loss = model.diffusion_losses(users)
-            (diffusion_loss + model.lambda_msi * signal_loss).backward()
-            optimizer.step()
+            users = plan.get(index)
+            if users is not None:
+                optimizer.zero_grad()
+                diffusion_loss, signal_loss = model.diffusion_losses(users)
+                (diffusion_loss + model.lambda_msi * signal_loss).backward()
+                optimizer.step()
             tock = now()
             optimizer.zero_grad()
             sum(model.training_losses(*batch).values()).backward()

@@ -68,6 +68,27 @@ class ModalityAttention(nn.Module):
         return logits.softmax(dim=1).mean(dim=2)
 
 
+def diffusion_plan(n_users: int, n_batches: int, batch_size: int | None, seed: int, epoch: int, rank: int = 0,
+                   world_size: int = 1, device: torch.device | str = "cpu") -> dict[int, torch.Tensor]:
+    """Which users' rows each training step of an epoch diffuses: batch index -> user ids.
+
+    Every process takes its share (``rank::world_size``) of one permutation of the users drawn from
+    ``seed`` and ``epoch`` (the same on every process), split into chunks of equal size (within one):
+    with ``batch_size`` None one chunk per batch (fewer chunks, cycled over the batches, when there are
+    fewer users than batches), else ``ceil(share / batch_size)`` chunks placed on evenly spaced batches
+    ``floor(c * n_batches / n_chunks)``. Every process gets the same number of chunks, on the same batches.
+    """
+    generator = torch.Generator().manual_seed(seed + 7919 * epoch)
+    share = torch.randperm(n_users, generator=generator)[rank::world_size].to(device)
+    n_batches = max(1, n_batches)
+    per_process = math.ceil(n_users / world_size)
+    if batch_size is None:
+        chunks = torch.tensor_split(share, max(1, min(n_batches, per_process)))
+        return {b: chunks[b % len(chunks)] for b in range(n_batches)}
+    n_chunks = max(1, min(n_batches, math.ceil(per_process / batch_size)))
+    return {c * n_batches // n_chunks: chunk for c, chunk in enumerate(torch.tensor_split(share, n_chunks))}
+
+
 class DASRec(RecommenderModule):
     """DASRec for any number (>= 1) of item modalities; equation numbers are the paper's.
 
@@ -120,6 +141,13 @@ class DASRec(RecommenderModule):
           (rows, item ID embeddings, projected features) are detached, so the diffusion and
           signal-injection losses train only the denoisers and the attention (DiffMM's separate
           optimisers, in one).
+        * ``diffusion_batch_size``: ``None`` (default) spreads the epoch's users over every step, as
+          above; an integer diffuses DiffMM's batches of that many users (DiffMM: 1024, its ``batch``),
+          one batch on each of ``ceil(users / diffusion_batch_size)`` evenly spaced steps, the others
+          training without the diffusion terms. The denoisers then take DiffMM's number of optimizer
+          steps per epoch, and the epoch fewer, larger products. Steps without diffusion leave the
+          denoisers and the attention without gradients, so DDP needs
+          ``strategy: ddp_find_unused_parameters_true`` (the model says so at the start of fitting).
         * ``reweight_steps``: eq 16 is unweighted (default); True uses DiffMM's SNR(t-1) - SNR(t) weights.
         * ``sparsity_reference``: M in eq 3; ``n_items`` (the paper) or ``max_degree`` (the largest user
           degree, which spreads s_u over [0, 1] instead of ~[0.98, 1]).
@@ -171,6 +199,7 @@ class DASRec(RecommenderModule):
         denoiser_dropout: float = 0.5,
         denoiser_precision: ProductPrecision = "float32",
         diffusion_weight: float = 1.0,
+        diffusion_batch_size: int | None = None,
         # attention and signal injection
         use_modality_attention: bool = True,
         attention_heads: int = 4,
@@ -203,6 +232,9 @@ class DASRec(RecommenderModule):
             raise ValueError(f"sampling_steps must be in 0..diffusion_steps ({diffusion_steps}), got {sampling_steps}")
         if graph_top_k < 1 or rebuild_every_n_epochs < 1:
             raise ValueError("graph_top_k and rebuild_every_n_epochs must be >= 1")
+        if diffusion_batch_size is not None and diffusion_batch_size < 1:
+            raise ValueError(f"diffusion_batch_size must be >= 1 or null (spread over every step), "
+                             f"got {diffusion_batch_size}")
         self.modalities = list(self.feature_dims)
         self.n_layers = n_layers
         self.use_diffusion_graphs = use_diffusion_graphs
@@ -211,6 +243,7 @@ class DASRec(RecommenderModule):
         self.sampling_steps = sampling_steps
         self.reweight_steps = reweight_steps
         self.diffusion_weight = diffusion_weight
+        self.diffusion_batch_size = diffusion_batch_size
         self.denoiser_dropout = denoiser_dropout
         self.denoiser_precision = denoiser_precision
         self.use_modality_attention = use_modality_attention
@@ -246,7 +279,7 @@ class DASRec(RecommenderModule):
         self._generated_edges: dict[str, torch.Tensor] | None = None
         self._graphs_train: dict[str, torch.Tensor] = {}
         self._graphs_eval: dict[str, torch.Tensor] = {}
-        self._diffusion_chunks: list[torch.Tensor] = []
+        self._diffusion_plan: dict[int, torch.Tensor] = {}  # batch index in the epoch -> users to diffuse
         self._batch_in_epoch = 0
 
     # ---- data-derived tensors ----
@@ -384,14 +417,20 @@ class DASRec(RecommenderModule):
             if self.graph_keep_rate < 1.0 else graphs_eval
         self._plan_diffusion_users(epoch)
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.use_diffusion_graphs and self.diffusion_batch_size is not None and self.trainer.world_size > 1 \
+                and not getattr(self.trainer.strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False):
+            raise ValueError(
+                f"DASRec with diffusion_batch_size={self.diffusion_batch_size} trains the denoisers on some "
+                "steps only, which DDP rejects unless it looks for unused parameters: set "
+                "trainer.strategy to ddp_find_unused_parameters_true, or diffusion_batch_size to null")
+
     def _plan_diffusion_users(self, epoch: int) -> None:
-        """Split this process's share of a per-epoch user permutation over the epoch's training steps."""
-        world, rank = self.trainer.world_size, self.global_rank
-        generator = torch.Generator().manual_seed(int(getattr(self.trainer.datamodule, "seed", 0)) + 7919 * epoch)
-        permutation = torch.randperm(self.n_users, generator=generator)
-        share = permutation[rank::world].to(self.id_embedding.device)
-        steps = max(1, min(int(self.trainer.num_training_batches), math.ceil(self.n_users / world)))
-        self._diffusion_chunks = list(torch.tensor_split(share, steps))
+        self._diffusion_plan = diffusion_plan(
+            self.n_users, int(self.trainer.num_training_batches), self.diffusion_batch_size,
+            seed=int(getattr(self.trainer.datamodule, "seed", 0)), epoch=epoch, rank=self.global_rank,
+            world_size=self.trainer.world_size, device=self.id_embedding.device)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batch_in_epoch = batch_idx
@@ -508,12 +547,11 @@ class DASRec(RecommenderModule):
             losses["cl"] = self.lambda_cl * self.contrastive_loss(
                 final_rows[3 * b:], views, torch.arange(n_batch_users, device=users.device),
                 torch.arange(batch_items.shape[0], device=users.device), n_user_rows=n_batch_users)
-        if self.use_diffusion_graphs and self._diffusion_chunks:
-            chunk = self._diffusion_chunks[self._batch_in_epoch % len(self._diffusion_chunks)]
-            if len(chunk):
-                diffusion_loss, signal_loss = self.diffusion_losses(chunk)
-                losses["diffusion"] = self.diffusion_weight * diffusion_loss
-                losses["msi"] = self.lambda_msi * signal_loss
+        chunk = self._diffusion_plan.get(self._batch_in_epoch) if self.use_diffusion_graphs else None
+        if chunk is not None and len(chunk):
+            diffusion_loss, signal_loss = self.diffusion_losses(chunk)
+            losses["diffusion"] = self.diffusion_weight * diffusion_loss
+            losses["msi"] = self.lambda_msi * signal_loss
         return losses
 
     # ---- checkpoints carry the generated graphs ----

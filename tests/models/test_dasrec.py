@@ -15,7 +15,7 @@ from lit_mmrec.metrics import RankingEvaluator
 from lit_mmrec.models import DASRec
 from lit_mmrec.models.components import info_nce, info_nce_against
 from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, fast_reverse, linear_noise_schedule
-from lit_mmrec.models.dasrec import ModalityAttention
+from lit_mmrec.models.dasrec import ModalityAttention, diffusion_plan
 from tests.conftest import assert_only_contrastive_term_rounded, paired_losses
 
 
@@ -289,6 +289,75 @@ def test_training_losses_on_batch_rows_equal_the_full_tables(tiny_datamodule):
     torch.testing.assert_close(losses["cl"], cl)
     for g, e in zip(torch.autograd.grad(got, parameters), torch.autograd.grad(bpr + cl, parameters)):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+# ---- when the diffusion objective runs ----
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_diffusion_plan_spreads_every_user_over_every_step(world_size):
+    plans = [diffusion_plan(50, 12, None, seed=4, epoch=3, rank=r, world_size=world_size) for r in range(world_size)]
+    for plan in plans:
+        assert list(plan) == list(range(12))  # every batch diffuses
+        sizes = [len(users) for users in plan.values()]
+        assert max(sizes) - min(sizes) <= 1
+    everyone = torch.cat([users for plan in plans for users in plan.values()])
+    assert torch.equal(everyone.sort().values, torch.arange(50))  # each user once per epoch
+
+
+@pytest.mark.parametrize(("world_size", "batches"), [(1, [0, 1, 3, 5, 6, 8, 10]), (2, [0, 3, 6, 9])])
+def test_diffusion_plan_in_batches_of_users_on_evenly_spaced_steps(world_size, batches):
+    # 50 users in batches of at most 8: ceil(50 / 8) = 7 on one process, ceil(25 / 8) = 4 on each of two,
+    # at batches floor(c * 12 / n_chunks)
+    plans = [diffusion_plan(50, 12, 8, seed=4, epoch=3, rank=r, world_size=world_size) for r in range(world_size)]
+    for plan in plans:
+        assert list(plan) == batches  # the same steps on every process
+        assert all(len(users) <= 8 for users in plan.values())
+    everyone = torch.cat([users for plan in plans for users in plan.values()])
+    assert torch.equal(everyone.sort().values, torch.arange(50))
+
+
+def test_diffusion_plan_is_drawn_per_epoch_and_cycles_when_users_are_few():
+    first, again = (diffusion_plan(50, 12, None, seed=4, epoch=3) for _ in range(2))
+    assert all(torch.equal(first[b], again[b]) for b in first)
+    assert not torch.equal(diffusion_plan(50, 12, None, seed=4, epoch=4)[0], first[0])
+    few = diffusion_plan(5, 8, None, seed=4, epoch=0)  # 5 users, 8 steps: one user per step, then again
+    assert list(few) == list(range(8)) and torch.equal(few[5], few[0]) and torch.equal(few[7], few[2])
+
+
+@pytest.mark.parametrize(("diffusion_batch_size", "expected_steps"), [(None, None), (25, 3)])
+def test_training_diffuses_each_user_once_per_epoch(tiny_datamodule, tmp_path: Path, monkeypatch,
+                                                    diffusion_batch_size, expected_steps):
+    model = build(tiny_datamodule, diffusion_batch_size=diffusion_batch_size)
+    calls = []
+    diffusion_losses = model.diffusion_losses
+
+    def spy(users: torch.Tensor):
+        calls.append((model._batch_in_epoch, users.clone()))
+        return diffusion_losses(users)
+
+    monkeypatch.setattr(model, "diffusion_losses", spy)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=tiny_datamodule)
+    n_batches = trainer.num_training_batches
+    steps = [batch for batch, _ in calls]
+    if expected_steps is None:
+        assert steps == list(range(n_batches))
+    else:  # 60 users in batches of at most 25: 3 diffusion steps, evenly spaced
+        assert n_batches > expected_steps and steps == [c * n_batches // expected_steps for c in range(expected_steps)]
+        assert all(len(users) <= diffusion_batch_size for _, users in calls)
+    assert torch.equal(torch.cat([users for _, users in calls]).sort().values, torch.arange(60))
+    assert "train/diffusion_loss" in trainer.logged_metrics
+
+
+def test_diffusion_batches_under_ddp_need_the_unused_parameter_search(tiny_datamodule):
+    model = build(tiny_datamodule, diffusion_batch_size=16)
+    model.trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    with pytest.raises(ValueError, match="ddp_find_unused_parameters_true"):
+        model.on_fit_start()
+    model.trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true", logger=False)
+    model.on_fit_start()  # accepted
+    with pytest.raises(ValueError, match="diffusion_batch_size"):
+        build(tiny_datamodule, diffusion_batch_size=0)
 
 
 # ---- training, checkpoints ----
