@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lit_mmrec.data.graphs import generated_bipartite_graph
@@ -281,6 +282,8 @@ class DASRec(RecommenderModule):
         self._graphs_eval: dict[str, torch.Tensor] = {}
         self._diffusion_plan: dict[int, torch.Tensor] = {}  # batch index in the epoch -> users to diffuse
         self._batch_in_epoch = 0
+        self.generation_peaks: dict[str, float] = {}  # per modality: the largest top-1 prediction of the last generation
+        self._warned_sparse_graphs: set[str] = set()
 
     # ---- data-derived tensors ----
     def on_graphs_ready(self) -> None:
@@ -354,11 +357,12 @@ class DASRec(RecommenderModule):
         """Edges [2, E] (users; items) of each modality graph from the denoised rows of every user."""
         device = self.id_embedding.device
         edges = {}
+        self.generation_peaks = {}
         for modality in self.modalities:
             denoiser = self.denoisers[modality]
             was_training = denoiser.training
             denoiser.eval()
-            users_kept, items_kept = [], []
+            users_kept, items_kept, peaks = [], [], []
             for start in range(0, self.n_users, self.rebuild_batch_size):
                 users = torch.arange(start, min(start + self.rebuild_batch_size, self.n_users), device=device)
                 scale = self.row_scale(users)
@@ -369,12 +373,32 @@ class DASRec(RecommenderModule):
                     x_start = row_block(self.graphs.train_interactions, start, start + len(users))
                 x0_hat = fast_reverse(self.diffusion, denoiser, x_start, self.diffusion.steps, scale)
                 values, items = x0_hat.topk(self.graph_top_k, dim=1)  # [B, k]
+                peaks.append(values[:, 0].max())
                 keep = values >= self.similarity_threshold
                 users_kept.append(users.unsqueeze(1).expand_as(items)[keep])
                 items_kept.append(items[keep])
             denoiser.train(was_training)
             edges[modality] = torch.stack([torch.cat(users_kept), torch.cat(items_kept)])
+            self.generation_peaks[modality] = float(torch.stack(peaks).max())
         return edges
+
+    def report_generated_graphs(self) -> None:
+        """Logs ``train/graph_edges_<modality>``, the edges of each generated graph, and warns once per
+        modality when ``similarity_threshold`` left fewer edges than one per 100 users in a graph generated
+        after the first epoch (the untrained denoisers of epoch 0 predict nothing): such a G^m is (nearly)
+        the identity, and the diffusion branch then reaches the recommender through nothing."""
+        for modality, edges in self._generated_edges.items():
+            count = int(edges.shape[1])
+            self.log(f"train/graph_edges_{modality}", float(count), sync_dist=True)
+            peak = self.generation_peaks.get(modality)
+            if 100 * count < self.n_users and peak is not None and self.current_epoch > 0 \
+                    and modality not in self._warned_sparse_graphs:
+                self._warned_sparse_graphs.add(modality)
+                rank_zero_warn(
+                    f"DASRec: similarity_threshold={self.similarity_threshold} kept {count} edges of the "
+                    f"generated {modality} graph for {self.n_users} users (epoch {self.current_epoch}; the "
+                    f"largest denoised prediction was {peak:.3f}), so G^{modality} is nearly the identity. "
+                    "Set similarity_threshold below the predictions' scale to give the graph edges.")
 
     def _build_graphs(self, keep_rate: float, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         device = self.id_embedding.device
@@ -413,6 +437,7 @@ class DASRec(RecommenderModule):
         if epoch % self.rebuild_every_n_epochs == 0:
             self._generated_edges, self._graphs_eval = None, {}
         graphs_eval = self._ensure_eval_graphs()
+        self.report_generated_graphs()
         self._graphs_train = self._build_graphs(self.graph_keep_rate, self._graph_generator(epoch)) \
             if self.graph_keep_rate < 1.0 else graphs_eval
         self._plan_diffusion_users(epoch)

@@ -181,6 +181,7 @@ def test_graph_generation_keeps_top_k_above_the_threshold(tiny_datamodule):
         users, items = edges[modality]
         assert sorted(set(items.tolist())) == [4, 9, 30]
         assert torch.equal(torch.bincount(users, minlength=60), torch.full((60,), 3))
+        assert model.generation_peaks[modality] == pytest.approx(0.95)
     model.similarity_threshold = 0.8
     users, items = model.generate_edges()["image"]
     assert set(items.tolist()) == {4} and len(users) == 60
@@ -370,6 +371,7 @@ def test_dasrec_trains_and_restores_its_generated_graphs(tiny_datamodule, tmp_pa
     losses = trainer.logged_metrics
     assert {"train/bpr_loss", "train/cl_loss", "train/diffusion_loss", "train/msi_loss", "train/reg_loss"} <= set(losses)
     assert all(torch.isfinite(torch.as_tensor(v)) for v in losses.values())
+    assert all(losses[f"train/graph_edges_{m}"] == 3 * model.n_users for m in model.modalities)  # top-3, all kept
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     validated = trainer.validate(model, datamodule=tiny_datamodule, verbose=False)[0]["val/recall@20"]
@@ -380,6 +382,21 @@ def test_dasrec_trains_and_restores_its_generated_graphs(tiny_datamodule, tmp_pa
     again = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                       callbacks=[RankingEvaluator(ks=[20])], default_root_dir=tmp_path)
     assert again.validate(restored, datamodule=tiny_datamodule, verbose=False)[0]["val/recall@20"] == pytest.approx(validated)
+
+
+def test_a_threshold_above_every_prediction_is_reported(tiny_datamodule, tmp_path: Path):
+    """An empty generated graph is logged as 0 edges and, from the second epoch's graphs on (epoch 0's come
+    from untrained denoisers), warned about once per modality, not per epoch."""
+    model = build(tiny_datamodule, similarity_threshold=2.0)
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    with pytest.warns(UserWarning, match="similarity_threshold=2.0 kept 0 edges") as caught:
+        trainer.fit(model, datamodule=tiny_datamodule)
+    sparse = [w for w in caught if "kept 0 edges" in str(w.message)]
+    assert all("(epoch 1;" in str(w.message) for w in sparse)
+    assert sorted(m for m in model.modalities if any(f"generated {m} graph" in str(w.message) for w in sparse)) \
+        == sorted(model.modalities) and len(sparse) == len(model.modalities)
+    assert all(trainer.logged_metrics[f"train/graph_edges_{m}"] == 0 for m in model.modalities)
 
 
 def test_bfloat16_denoisers_train_and_generate_graphs(tiny_datamodule):
