@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+import torch
 
 from tests.conftest import REPO_ROOT
 
@@ -18,3 +19,34 @@ def test_benchmark_script_imports_without_running(script):
     spec.loader.exec_module(module)  # definitions only: every script runs from a main() guard
     assert callable(module.main)
     assert f"python benchmarks/{script.name}" in module.__doc__  # the command line it is run with
+
+
+def load_script(name: str):
+    path = REPO_ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_graph_report_by_hand(tiny_datamodule):
+    """Denoisers that predict 1, 1 - 1/(I-1), ... 0 for items 0, 1, ... I-1 in every row: every user's top-1 is
+    item 0 at 1.0, a training item of the user ranks at its index + 1, and the thresholds count by hand."""
+    from tests.models.test_dasrec import build, set_constant_prediction
+
+    model = build(tiny_datamodule)
+    n_items = model.n_items
+    set_constant_prediction(model, torch.linspace(1.0, 0.0, n_items))
+    report = load_script("dasrec_generated_graphs").denoised_row_report(model, [0.99, 0.96, 2.0], top_k=3,
+                                                                         block=7)
+    train = tiny_datamodule.graphs.train_interactions.to_dense() > 0
+    items = torch.nonzero(train)[:, 1]
+    for modality in model.modalities:
+        entry = report[modality]
+        assert entry["top1_prediction_quantiles"] == {key: 1.0 for key in ("p10", "p50", "p90", "p99", "max")}
+        # top-3 values 1, 0.974, 0.949: one edge per user kept at 0.99, two at 0.96, none above 1
+        assert entry["kept_at_threshold"] == {"0.99": {"users": model.n_users, "edges": model.n_users},
+                                              "0.96": {"users": model.n_users, "edges": 2 * model.n_users},
+                                              "2.0": {"users": 0, "edges": 0}}
+        assert entry["training_items_median_rank"] == int((items + 1).float().median())
+        assert entry["top_k_share_of_training_items"] == round(float(train[:, :3].float().mean()), 4)

@@ -1,0 +1,89 @@
+"""What a trained DASRec's denoisers predict, and what its generated modality graphs therefore hold.
+
+Loads a checkpoint written by ``lit_mmrec fit`` (with the run's saved ``config.yaml``, which names the data),
+denoises every user's training row as graph generation does (reverse process from the clean row), and
+reports per modality:
+
+* the distribution of each user's largest prediction (the candidate the default ``graph_top_k: 1`` keeps);
+* how many users and edges each ``similarity_threshold`` would keep among the top-k candidates;
+* how well the denoiser reconstructs: the median rank of a user's training items in their denoised row
+  (1 = first; a denoiser that predicts nothing ranks them at random, around n_items / 2), and the share of
+  top-k candidates that are training items.
+
+    LIT_MMREC_DATA=/path/to/shared/data python benchmarks/dasrec_generated_graphs.py \
+        --config <run>/lightning_logs/version_0/config.yaml \
+        --checkpoint <run>/lightning_logs/version_0/checkpoints/last.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from lit_mmrec.cli import build_cli
+from lit_mmrec.models import DASRec
+from lit_mmrec.models.components.diffusion import fast_reverse
+from lit_mmrec.models.components.propagation import row_block
+
+
+@torch.no_grad()
+def denoised_row_report(model: DASRec, thresholds: list[float], top_k: int, block: int = 1024) -> dict:
+    train = model.graphs.train_interactions
+    quantiles = torch.tensor([0.1, 0.5, 0.9, 0.99, 1.0])
+    report = {}
+    for modality in model.modalities:
+        denoiser = model.denoisers[modality].eval()
+        top_values, top_observed, observed_ranks = [], [], []
+        for start in range(0, model.n_users, block):
+            users = torch.arange(start, min(start + block, model.n_users))
+            clean = row_block(train, start, start + len(users))
+            x0_hat = fast_reverse(model.diffusion, denoiser, clean, model.diffusion.steps, model.row_scale(users))
+            dense = clean.to_dense() > 0
+            values, items = x0_hat.topk(top_k, dim=1)
+            top_values.append(values)
+            top_observed.append(dense.gather(1, items))
+            ranks = x0_hat.argsort(dim=1, descending=True).argsort(dim=1) + 1  # 1 = the largest prediction
+            observed_ranks.append(ranks[dense])
+        values, observed, ranks = torch.cat(top_values), torch.cat(top_observed), torch.cat(observed_ranks)
+        report[modality] = {
+            "top1_prediction_quantiles": dict(zip(["p10", "p50", "p90", "p99", "max"],
+                                                  [round(float(v), 4) for v in values[:, 0].quantile(quantiles)])),
+            "kept_at_threshold": {str(t): {"users": int((values[:, 0] >= t).sum()), "edges": int((values >= t).sum())}
+                                  for t in thresholds},
+            "training_items_median_rank": int(ranks.float().median()),
+            "n_items": model.n_items,
+            "top_k_share_of_training_items": round(float(observed.float().mean()), 4),
+        }
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="the run's saved config.yaml")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.3, 0.4, 0.5, 0.6, 0.7])
+    parser.add_argument("--top-k", type=int, default=5, help="candidates per user counted at each threshold")
+    args = parser.parse_args()
+    saved = yaml.safe_load(Path(args.config).read_text())
+    # the model and the data, without the arguments of `fit` itself (ckpt_path, weights_only)
+    config = {key: saved[key] for key in ("model", "data", "evaluation", "early_stopping") if key in saved}
+    cli = build_cli(["--config", yaml.safe_dump(config), "--trainer.logger=false"], run=False)
+    model, datamodule = cli.model, cli.datamodule
+    if not isinstance(model, DASRec):
+        raise SystemExit(f"{args.config}: model is {type(model).__name__}, this report is for DASRec")
+    datamodule.setup("fit")
+    model.graphs = datamodule.graphs
+    model.on_graphs_ready()
+    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    model.load_state_dict(checkpoint["state_dict"])
+    report = {"checkpoint": args.checkpoint, "epoch": checkpoint["epoch"],
+              "modalities": denoised_row_report(model, args.thresholds, args.top_k)}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
