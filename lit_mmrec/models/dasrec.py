@@ -38,6 +38,7 @@ from lit_mmrec.models.components.precision import ProductPrecision, compute_dtyp
 SparsityReference = Literal["n_items", "max_degree"]
 ContrastiveNegatives = Literal["batch", "all"]
 AttentionActivation = Literal["tanh", "sigmoid"]
+SignalFeatures = Literal["projected", "normalised"]
 
 
 class ModalityAttention(nn.Module):
@@ -161,7 +162,9 @@ class DASRec(RecommenderModule):
           Generated edges whose prediction lies within bfloat16's rounding (about 0.4%) of
           ``similarity_threshold`` can fall on either side of it.
         * ``graph_top_k`` (DiffMM's ``rebuild_k``: 1) candidates per user before the threshold.
-        * Signal-injection features: the projected (not normalised) item features, as DiffMM.
+        * ``signal_features``: the item features e^m of eq 17 and 20, ``projected`` (``Trans(f^m)``, DiffMM's
+          ``getImageFeats``; default) or ``normalised`` (``Norm(Trans(f^m))``, the e^m of eq 21). Detached
+          either way: the signal-injection loss trains the denoisers and the attention only.
         * Attention: ``attention_hidden`` width and ``attention_activation`` (sigma of eq 18).
         * ``contrastive_negatives``: ``batch`` (default) contrasts against the batch's unique users /
           items; ``all`` against every user / item (eq 26-27 literally, DiffMM's ``contrastLoss``; about
@@ -207,6 +210,7 @@ class DASRec(RecommenderModule):
         attention_hidden: int = 64,
         attention_activation: AttentionActivation = "tanh",
         lambda_msi: float = 0.1,
+        signal_features: SignalFeatures = "projected",
         # modality-aware graphs
         similarity_threshold: float = 0.6,
         graph_top_k: int = 1,
@@ -249,6 +253,7 @@ class DASRec(RecommenderModule):
         self.denoiser_precision = denoiser_precision
         self.use_modality_attention = use_modality_attention
         self.lambda_msi = lambda_msi
+        self.signal_features = signal_features
         self.similarity_threshold = similarity_threshold
         self.graph_top_k = min(graph_top_k, n_items)
         self.graph_keep_rate = graph_keep_rate
@@ -309,6 +314,11 @@ class DASRec(RecommenderModule):
         """Trans(f^m) [n_items, d]."""
         return self.projections[modality](self.graphs.features[modality])
 
+    def signal_item_features(self, modality: str) -> torch.Tensor:
+        """e^m of eq 17 and 20 [n_items, d], detached (``signal_features``)."""
+        features = self.projected_features(modality).detach()
+        return F.normalize(features, dim=1) if self.signal_features == "normalised" else features
+
     # ---- diffusion (eq 2-20) ----
     def diffusion_losses(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed x0 objective (eq 16) and signal-injection loss (eq 17-20) for a batch of users."""
@@ -329,7 +339,7 @@ class DASRec(RecommenderModule):
             if self.reweight_steps:
                 per_row = per_row * self.step_weights(t, scale)
             diffusion_loss = diffusion_loss + per_row.mean()
-            preference = x0_hat @ self.projected_features(modality).detach()  # z_u^m, eq 17 [B, d]
+            preference = x0_hat @ self.signal_item_features(modality)  # z_u^m, eq 17 [B, d]
             signal_loss = signal_loss + (preference - structure).pow(2).mean()  # eq 20
             preferences.append(preference)
         stacked = torch.stack(preferences, dim=1)  # [B, M, d]

@@ -90,8 +90,9 @@ def test_fast_reverse_equals_the_step_by_step_reverse_process():
         fast_reverse(diffusion, denoiser.train(), x0, 5)
 
 
-def test_diffusion_objective_is_eq_16_x0_mse(tiny_datamodule):
-    model = build(tiny_datamodule, denoiser_dropout=0.0)
+@pytest.mark.parametrize("signal_features", ["projected", "normalised"])
+def test_diffusion_objective_is_eq_16_x0_mse(tiny_datamodule, signal_features):
+    model = build(tiny_datamodule, denoiser_dropout=0.0, signal_features=signal_features)
     users = torch.tensor([0, 3, 7])
 
     class Echo(torch.nn.Module):  # a "denoiser" that returns a fixed prediction
@@ -110,7 +111,10 @@ def test_diffusion_objective_is_eq_16_x0_mse(tiny_datamodule):
     torch.testing.assert_close(diffusion_loss, expected)
     # signal injection (eq 20): per modality, plus the attention-fused path (eq 19)
     structure = x0 @ model.id_embedding[60:].detach()
-    z = {m: p @ model.projected_features(m).detach() for m, p in predictions.items()}
+    features = {m: model.projected_features(m).detach() for m in model.modalities}  # Trans(f^m)
+    if signal_features == "normalised":
+        features = {m: f / f.norm(dim=1, keepdim=True) for m, f in features.items()}  # eq 21's Norm
+    z = {m: p @ features[m] for m, p in predictions.items()}
     stacked = torch.stack([z[m] for m in model.modalities], dim=1)
     weights = model.attention(stacked)
     fused = (weights.unsqueeze(-1) * stacked).sum(1)
