@@ -118,6 +118,11 @@ class DASRec(RecommenderModule):
         (``graph_keep_rate``, redrawn every epoch from the data module's seed and the epoch, so every
         DDP process draws the same graph); evaluation uses G^m without dropout. The generated edges are
         stored in checkpoints, so a restored model is evaluated on exactly the graph it was validated with.
+        The threshold applies to the denoised rows, the paper's "predicted interaction probability"; each
+        graph's edge count is logged (``train/graph_edges_<modality>``), and a graph left with fewer edges
+        than one per 100 users is warned about, since G^m is then (nearly) the identity. That happens when
+        the denoisers predict nothing near the threshold, e.g. when the signal-injection loss outweighs the
+        x0 objective (``reweight_steps``, ``signal_features`` and ``lambda_msi`` set the balance).
     Cross-modal contrastive learning (eq 21-28)
         ``e^m = normalize(Linear(f^m))`` (eq 21); ``Z_m = G^m [E_u; e^m]`` (eq 22-23); ``n_layers``
         propagations over the interaction graph, summed (eq 24-25). InfoNCE with cosine similarity and
