@@ -413,7 +413,8 @@ class DASRec(RecommenderModule):
                     f"DASRec: similarity_threshold={self.similarity_threshold} kept {count} edges of the "
                     f"generated {modality} graph for {self.n_users} users (epoch {self.current_epoch}; the "
                     f"largest denoised prediction was {peak:.3f}), so G^{modality} is nearly the identity. "
-                    "Set similarity_threshold below the predictions' scale to give the graph edges.")
+                    "Lower similarity_threshold, or let the x0 objective weigh more against signal injection "
+                    "(reweight_steps, signal_features, lambda_msi); train/graph_edges_<modality> logs the sizes.")
 
     def _build_graphs(self, keep_rate: float, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         device = self.id_embedding.device
