@@ -10,6 +10,7 @@ exactly as ``DASRec`` runs them inside ``lit_mmrec fit``; also the peak resident
     python benchmarks/bench_dasrec_epoch.py --sports-scale --epochs 1 --max-steps 30   # memory, partial epoch
     python benchmarks/bench_dasrec_epoch.py embedding_dim=128 denoiser_hidden=1000 denoiser_precision=bfloat16
     python benchmarks/bench_dasrec_epoch.py embedding_dim=128 denoiser_hidden=1000 diffusion_batch_size=1024
+    python benchmarks/bench_dasrec_epoch.py embedding_dim=128 denoiser_hidden=1000 use_modality_anchor=false
     python benchmarks/bench_dasrec_epoch.py --device cuda embedding_dim=128 denoiser_hidden=1000
 """
 
@@ -22,11 +23,23 @@ import resource
 import time
 
 import torch
+import yaml
 
 from lit_mmrec.data import DiffMMPickles, RecDataModule, Synthetic
 from lit_mmrec.models import DASRec
 from lit_mmrec.models.dasrec import diffusion_plan
 from lit_mmrec.runtime import keep_freed_memory_for_reuse
+
+
+def parse_options(items: list[str]) -> dict:
+    """``key=value`` pairs, each value read as YAML reads it: 128, 0.5, false, null, bfloat16."""
+    options = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator:
+            raise SystemExit(f"option {item!r}: expected key=value, e.g. denoiser_hidden=1000")
+        options[key] = yaml.safe_load(value)
+    return options
 
 
 def main() -> None:
@@ -39,23 +52,14 @@ def main() -> None:
                         help="stop each epoch after this many training steps (graph generation always runs in "
                              "full); for memory at scale without a whole epoch's wait")
     parser.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda")
-    parser.add_argument("options", nargs="*", help="DASRec init options as key=value (ints, floats, strings)")
+    parser.add_argument("options", nargs="*", help="DASRec init options as key=value, values read as YAML")
     args = parser.parse_args()
     if args.sports_scale:
         source = Synthetic(n_users=35598, n_items=18357, n_interactions=296337,
                            modalities={"image": 4096, "text": 384}, seed=0)
     else:
         source = DiffMMPickles(root=os.path.join(os.environ["LIT_MMREC_DATA"], args.dataset), name=args.dataset)
-    options = {}
-    for item in args.options:
-        key, value = item.split("=", 1)
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                continue
-        options[key] = value
+    options = parse_options(args.options)
     datamodule = RecDataModule(source, train_batch_size=1024)
     datamodule.setup("fit")
     device = torch.device(args.device)

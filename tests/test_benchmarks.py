@@ -50,3 +50,14 @@ def test_generated_graph_report_by_hand(tiny_datamodule):
                                               "2.0": {"users": 0, "edges": 0}}
         assert entry["training_items_median_rank"] == int((items + 1).float().median())
         assert entry["top_k_share_of_training_items"] == round(float(train[:, :3].float().mean()), 4)
+
+
+def test_dasrec_epoch_options_read_as_yaml():
+    """``use_modality_anchor=false`` must reach the model as False, not as the (truthy) string 'false'."""
+    parse = load_script("bench_dasrec_epoch").parse_options
+    assert parse(["denoiser_hidden=1000", "noise_scale=0.3", "use_modality_anchor=false",
+                  "diffusion_batch_size=null", "denoiser_precision=bfloat16"]) == {
+        "denoiser_hidden": 1000, "noise_scale": 0.3, "use_modality_anchor": False,
+        "diffusion_batch_size": None, "denoiser_precision": "bfloat16"}
+    with pytest.raises(SystemExit, match="expected key=value"):
+        parse(["denoiser_hidden"])
