@@ -1,8 +1,8 @@
 """What a trained DASRec's denoisers predict, and what its generated modality graphs therefore hold.
 
 Loads a checkpoint written by ``lit_mmrec fit`` (with the run's saved ``config.yaml``, which names the data),
-denoises every user's training row as graph generation does (reverse process from the clean row), and
-reports per modality:
+denoises every user's training row as graph generation does (``DASRec.denoised_row_blocks``; by default the
+reverse process from the clean row), and reports per modality:
 
 * the distribution of each user's largest prediction (the candidate the default ``graph_top_k: 1`` keeps);
 * how many users and edges each ``similarity_threshold`` would keep among the top-k candidates;
@@ -26,28 +26,21 @@ import yaml
 
 from lit_mmrec.cli import build_cli
 from lit_mmrec.models import DASRec
-from lit_mmrec.models.components.diffusion import fast_reverse
-from lit_mmrec.models.components.propagation import row_block
 
 
 @torch.no_grad()
-def denoised_row_report(model: DASRec, thresholds: list[float], top_k: int, block: int = 1024) -> dict:
-    train = model.graphs.train_interactions
+def denoised_row_report(model: DASRec, thresholds: list[float], top_k: int) -> dict:
     quantiles = torch.tensor([0.1, 0.5, 0.9, 0.99, 1.0])
     report = {}
     for modality in model.modalities:
-        denoiser = model.denoisers[modality].eval()
         top_values, top_observed, observed_ranks = [], [], []
-        for start in range(0, model.n_users, block):
-            users = torch.arange(start, min(start + block, model.n_users))
-            clean = row_block(train, start, start + len(users))
-            x0_hat = fast_reverse(model.diffusion, denoiser, clean, model.diffusion.steps, model.row_scale(users))
-            dense = clean.to_dense() > 0
+        for users, x0_hat in model.denoised_row_blocks(modality):  # as graph generation denoises them
+            observed = model.user_rows(users) > 0
             values, items = x0_hat.topk(top_k, dim=1)
             top_values.append(values)
-            top_observed.append(dense.gather(1, items))
+            top_observed.append(observed.gather(1, items))
             ranks = x0_hat.argsort(dim=1, descending=True).argsort(dim=1) + 1  # 1 = the largest prediction
-            observed_ranks.append(ranks[dense])
+            observed_ranks.append(ranks[observed])
         values, observed, ranks = torch.cat(top_values), torch.cat(top_observed), torch.cat(observed_ranks)
         report[modality] = {
             "top1_prediction_quantiles": dict(zip(["p10", "p50", "p90", "p99", "max"],

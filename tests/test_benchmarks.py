@@ -12,21 +12,20 @@ from tests.conftest import REPO_ROOT
 SCRIPTS = sorted((REPO_ROOT / "benchmarks").glob("*.py"))
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.stem)
-def test_benchmark_script_imports_without_running(script):
-    spec = importlib.util.spec_from_file_location(f"benchmark_{script.stem}", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # definitions only: every script runs from a main() guard
-    assert callable(module.main)
-    assert f"python benchmarks/{script.name}" in module.__doc__  # the command line it is run with
-
-
 def load_script(name: str):
+    """The module of ``benchmarks/<name>.py``: definitions only, every script runs from a main() guard."""
     path = REPO_ROOT / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.stem)
+def test_benchmark_script_imports_without_running(script):
+    module = load_script(script.stem)
+    assert callable(module.main)
+    assert f"python benchmarks/{script.name}" in module.__doc__  # the command line it is run with
 
 
 def test_generated_graph_report_by_hand(tiny_datamodule):
@@ -37,8 +36,8 @@ def test_generated_graph_report_by_hand(tiny_datamodule):
     model = build(tiny_datamodule)
     n_items = model.n_items
     set_constant_prediction(model, torch.linspace(1.0, 0.0, n_items))
-    report = load_script("dasrec_generated_graphs").denoised_row_report(model, [0.99, 0.96, 2.0], top_k=3,
-                                                                         block=7)
+    model.rebuild_batch_size = 7  # several blocks of users, the last one partial
+    report = load_script("dasrec_generated_graphs").denoised_row_report(model, [0.99, 0.96, 2.0], top_k=3)
     train = tiny_datamodule.graphs.train_interactions.to_dense() > 0
     items = torch.nonzero(train)[:, 1]
     for modality in model.modalities:

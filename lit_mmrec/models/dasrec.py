@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from itertools import combinations
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -368,16 +369,15 @@ class DASRec(RecommenderModule):
         return torch.where(t == 1, torch.ones_like(snr_t), snr_prev - snr_t)
 
     @torch.no_grad()
-    def generate_edges(self) -> dict[str, torch.Tensor]:
-        """Edges [2, E] (users; items) of each modality graph from the denoised rows of every user."""
+    def denoised_row_blocks(self, modality: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(users, x0_hat)`` for every block of ``rebuild_batch_size`` users: the modality's denoiser (in
+        eval mode) run over the users' rows as graph generation runs it, the reverse process from the clean
+        row (DiffMM's ``sampling_steps = 0``) or from the row noised to ``sampling_steps``."""
         device = self.id_embedding.device
-        edges = {}
-        self.generation_peaks = {}
-        for modality in self.modalities:
-            denoiser = self.denoisers[modality]
-            was_training = denoiser.training
-            denoiser.eval()
-            users_kept, items_kept, peaks = [], [], []
+        denoiser = self.denoisers[modality]
+        was_training = denoiser.training
+        denoiser.eval()
+        try:
             for start in range(0, self.n_users, self.rebuild_batch_size):
                 users = torch.arange(start, min(start + self.rebuild_batch_size, self.n_users), device=device)
                 scale = self.row_scale(users)
@@ -386,13 +386,23 @@ class DASRec(RecommenderModule):
                     x_start = self.diffusion.q_sample(self.user_rows(users), t, row_scale=scale)
                 else:  # the clean rows, kept sparse: the first product costs nnz x H, not B x n_items x H
                     x_start = row_block(self.graphs.train_interactions, start, start + len(users))
-                x0_hat = fast_reverse(self.diffusion, denoiser, x_start, self.diffusion.steps, scale)
+                yield users, fast_reverse(self.diffusion, denoiser, x_start, self.diffusion.steps, scale)
+        finally:
+            denoiser.train(was_training)
+
+    @torch.no_grad()
+    def generate_edges(self) -> dict[str, torch.Tensor]:
+        """Edges [2, E] (users; items) of each modality graph from the denoised rows of every user."""
+        edges = {}
+        self.generation_peaks = {}
+        for modality in self.modalities:
+            users_kept, items_kept, peaks = [], [], []
+            for users, x0_hat in self.denoised_row_blocks(modality):
                 values, items = x0_hat.topk(self.graph_top_k, dim=1)  # [B, k]
                 peaks.append(values[:, 0].max())
                 keep = values >= self.similarity_threshold
                 users_kept.append(users.unsqueeze(1).expand_as(items)[keep])
                 items_kept.append(items[keep])
-            denoiser.train(was_training)
             edges[modality] = torch.stack([torch.cat(users_kept), torch.cat(items_kept)])
             self.generation_peaks[modality] = float(torch.stack(peaks).max())
         return edges
