@@ -157,6 +157,10 @@ class DASRec(RecommenderModule):
           denoisers and the attention without gradients, so DDP needs
           ``strategy: ddp_find_unused_parameters_true`` (the model says so at the start of fitting).
         * ``reweight_steps``: eq 16 is unweighted (default); True uses DiffMM's SNR(t-1) - SNR(t) weights.
+        * Eq 16 and 20 are squared norms; both losses average instead (DiffMM's ``mean_flat``): eq 16 over
+          the n_items entries of a row, eq 20 over the d embedding columns, then over the batch. Under Adam
+          only their ratio matters to the denoisers (no other loss reaches them), so the paper's sums equal
+          ``lambda_msi * d / n_items`` here (0.0019 at the TikTok config's 0.1).
         * ``sparsity_reference``: M in eq 3; ``n_items`` (the paper) or ``max_degree`` (the largest user
           degree, which spreads s_u over [0, 1] instead of ~[0.98, 1]).
         * Denoiser width ``denoiser_hidden`` (DiffMM: 1000), step embedding ``denoiser_time_dim``
