@@ -18,7 +18,7 @@ from lit_mmrec.data.graphs import (
     scipy_to_torch_csr,
     sym_norm_adjacency,
 )
-from lit_mmrec.data.interactions import InteractionData
+from lit_mmrec.data.interactions import InteractionData, user_degree_summary
 from lit_mmrec.data.readers import DatasetSource
 from lit_mmrec.data.sampling import BPRTriplets, RankingBatches, ShardedBatches
 from lit_mmrec.data.synthetic import Synthetic
@@ -84,6 +84,7 @@ class RecDataModule(L.LightningDataModule):
                 self._data.source, self._data.n_users, self._data.n_items, self._data.train.nnz,
                 self._data.valid.nnz, self._data.test.nnz, self._data.feature_dims,
             )
+            log.info("training split: %s", user_degree_summary(self._data.train).describe())
         return self._data
 
     @property

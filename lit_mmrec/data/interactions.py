@@ -53,6 +53,45 @@ class InteractionData:
         )
 
 
+@dataclass(frozen=True)
+class DegreeSummary:
+    """How one split's interactions spread over its users (``user_degree_summary``)."""
+
+    n_users: int
+    active_users: int  # users with at least one interaction
+    median: float  # over all users, those without interactions included
+    max: int
+    top_users: int  # the ceil(top_fraction * n_users) most active users ...
+    top_share: float  # ... and the share of the split's interactions they hold
+
+    def describe(self) -> str:
+        return (f"{self.active_users} of {self.n_users} users have interactions, median {self.median:g} and "
+                f"max {self.max} per user; the {self.top_users} most active hold {100 * self.top_share:.1f}%")
+
+
+def user_degree_summary(matrix: sp.csr_matrix, top_fraction: float = 0.01) -> DegreeSummary:
+    """Per-user interaction counts of a CSR split, and the share the most active ``top_fraction`` hold.
+
+    Skew matters to the models: on DiffMM's TikTok split 103 users hold 71% of the training interactions,
+    so losses averaged over interaction rows (DASRec's diffusion objective) are dominated by those rows.
+    """
+    if not 0.0 < top_fraction <= 1.0:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    degree = np.diff(matrix.indptr)
+    n_users = len(degree)
+    top_users = min(n_users, int(np.ceil(top_fraction * n_users)))
+    total = int(degree.sum())
+    top = int(np.partition(degree, n_users - top_users)[n_users - top_users:].sum()) if n_users else 0
+    return DegreeSummary(
+        n_users=n_users,
+        active_users=int((degree > 0).sum()),
+        median=float(np.median(degree)) if n_users else 0.0,
+        max=int(degree.max()) if n_users else 0,
+        top_users=top_users,
+        top_share=top / total if total else 0.0,
+    )
+
+
 def binary_csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
     """A binary float32 CSR matrix with ones at (rows, cols); callers guarantee pairs are unique."""
     values = np.ones(len(rows), dtype=np.float32)
