@@ -2,6 +2,7 @@
 
 from lit_mmrec.metrics.callbacks import (
     BestAndLastCheckpoint,
+    PerUserMetrics,
     RankingEvaluator,
     TopKPredictionWriter,
     TrainingTelemetry,
@@ -10,19 +11,25 @@ from lit_mmrec.metrics.ranking import (
     TopKRankingMetrics,
     hit_matrix,
     mask_scores,
+    ranked_hits,
     ranking_metrics_at,
     ranking_metrics_per_user,
     top_k_items,
 )
+from lit_mmrec.metrics.significance import PairedComparison, paired_comparison
 
 __all__ = [
     "BestAndLastCheckpoint",
+    "PairedComparison",
+    "PerUserMetrics",
     "RankingEvaluator",
     "TopKPredictionWriter",
     "TopKRankingMetrics",
     "TrainingTelemetry",
     "hit_matrix",
     "mask_scores",
+    "paired_comparison",
+    "ranked_hits",
     "ranking_metrics_at",
     "ranking_metrics_per_user",
     "top_k_items",

@@ -12,7 +12,12 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
 from lit_mmrec.data.sampling import RankingBatch
-from lit_mmrec.metrics.ranking import METRIC_NAMES, TopKRankingMetrics, hit_matrix, mask_scores, top_k_items
+from lit_mmrec.metrics.ranking import (
+    METRIC_NAMES,
+    TopKRankingMetrics,
+    ranked_hits,
+    ranking_metrics_per_user,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +50,7 @@ class RankingEvaluator(Callback):
 
     def _update(self, stage: str, scores: torch.Tensor, batch: RankingBatch) -> None:
         metric = self.metrics[stage]
-        mask_scores(scores, batch.exclude_rows, batch.exclude_cols)
-        depth = min(metric.max_k, scores.shape[1])  # a cut-off beyond the catalogue ranks every item
-        top_items = top_k_items(scores, depth)  # [B, depth]
-        hits = hit_matrix(top_items, batch.target_rows, batch.target_cols, scores.shape[1])
-        if depth < metric.max_k:  # positions past the last item hold no hit
-            hits = torch.cat([hits, hits.new_zeros(hits.shape[0], metric.max_k - depth)], dim=1)
-        metric.update(hits, batch.n_targets)
+        metric.update(ranked_hits(scores, batch, metric.max_k), batch.n_targets)
 
     def _finish(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         results = {f"{stage}/{name}": value for name, value in self.metrics[stage].compute().items()}
@@ -93,6 +92,52 @@ class RankingEvaluator(Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_value = state_dict["best_value"]
         self.best_epoch = state_dict["best_epoch"]
+
+
+class PerUserMetrics(Callback):
+    """Each user's Recall/NDCG/Precision/Hit at ``k`` in the latest validation and test pass.
+
+    ``results["val"]`` (or ``"test"``) maps ``users`` and every metric name to a tensor [n_evaluated],
+    sorted by user id, so that two runs on the same split pair up user by user (``lit_mmrec compare``).
+    The per-user values are the ones :class:`RankingEvaluator` averages. One process: under DDP each
+    process would hold only its own share of the users.
+    """
+
+    def __init__(self, k: int = 20) -> None:
+        if k < 1:
+            raise ValueError(f"k must be a positive cut-off, got {k}")
+        self.k = k
+        self.results: dict[str, dict[str, torch.Tensor]] = {}
+        self._parts: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+
+    def _start(self, *_) -> None:
+        self._parts = []
+
+    def _update(self, scores: torch.Tensor, batch: RankingBatch) -> None:
+        per_user = ranking_metrics_per_user(ranked_hits(scores, batch, self.k), batch.n_targets, self.k)
+        self._parts.append((batch.users.cpu(), {name: value.cpu() for name, value in per_user.items()}))
+
+    def _finish(self, stage: str) -> None:
+        users = torch.cat([users for users, _ in self._parts])
+        order = users.argsort()
+        self.results[stage] = {"users": users[order]} | {
+            name: torch.cat([values[name] for _, values in self._parts])[order] for name in METRIC_NAMES
+        }
+        self._parts = []
+
+    on_validation_epoch_start = on_test_epoch_start = _start
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update(outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update(outputs, batch)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish("val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish("test")
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):

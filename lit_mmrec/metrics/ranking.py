@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torchmetrics import Metric
+
+if TYPE_CHECKING:
+    from lit_mmrec.data.sampling import RankingBatch
 
 METRIC_NAMES = ("recall", "ndcg", "precision", "hit")
 
@@ -60,6 +64,20 @@ def hit_matrix(
     relevant = torch.zeros(top_items.shape[0], n_items, dtype=torch.bool, device=top_items.device)
     relevant[target_rows, target_cols] = True  # [B, n_items], one batch only
     return relevant.gather(1, top_items)
+
+
+def ranked_hits(scores: torch.Tensor, batch: RankingBatch, depth: int) -> torch.Tensor:
+    """Bool [B, depth]: whether each of a batch's top-``depth`` items is held out, MMRec's full ranking.
+
+    Masks the items the users already have in ``scores`` [B, n_items] (in place), ranks the rest and looks
+    the held-out items up; positions past the end of a catalogue smaller than ``depth`` hold no hit.
+    """
+    mask_scores(scores, batch.exclude_rows, batch.exclude_cols)
+    ranked = min(depth, scores.shape[1])
+    hits = hit_matrix(top_k_items(scores, ranked), batch.target_rows, batch.target_cols, scores.shape[1])
+    if ranked < depth:
+        hits = torch.cat([hits, hits.new_zeros(hits.shape[0], depth - ranked)], dim=1)
+    return hits
 
 
 def ranking_metrics_at(hits: torch.Tensor, n_targets: torch.Tensor, ks: Sequence[int]) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -65,3 +66,28 @@ def test_cut_offs_beyond_the_catalogue_rank_every_item():
     assert float(results["recall@2"]) == 0.0
     assert float(results["recall@50"]) == 1.0  # every item is within the top 50 of a 4-item catalogue
     assert float(results["precision@50"]) == pytest.approx((2 / 50 + 1 / 50) / 2)
+
+
+def test_per_user_metrics_by_hand_sorted_by_user():
+    from lit_mmrec.data.sampling import RankingBatch
+    from lit_mmrec.metrics import PerUserMetrics
+
+    collector = PerUserMetrics(k=2)
+    collector.on_validation_epoch_start(None, None)
+    # users 5 and 1; user 5 has item 0 known (masked), held-out items 1 and 3; user 1 held-out item 2
+    scores = torch.tensor([[0.9, 0.8, 0.1, 0.7], [0.0, 0.1, 0.2, 0.3]])
+    batch = RankingBatch(torch.tensor([5, 1]), torch.tensor([0]), torch.tensor([0]),
+                         torch.tensor([0, 0, 1]), torch.tensor([1, 3, 2]), torch.tensor([2, 1]))
+    collector.on_validation_batch_end(None, None, scores, batch, 0)
+    # a second batch: user 0 with its held-out item 0 ranked first
+    second = RankingBatch(torch.tensor([0]), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long),
+                          torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+    collector.on_validation_batch_end(None, None, torch.tensor([[1.0, 0.0, 0.0, 0.0]]), second, 1)
+    collector.on_validation_epoch_end(None, None)
+    result = collector.results["val"]
+    assert result["users"].tolist() == [0, 1, 5]
+    # user 5 ranks items 1, 3 (both held out); user 1 ranks 3, 2 (one of one, at position 2)
+    assert result["recall"].tolist() == pytest.approx([1.0, 1.0, 1.0])
+    assert result["precision"].tolist() == pytest.approx([0.5, 0.5, 1.0])
+    assert result["ndcg"].tolist() == pytest.approx([1.0, 1 / math.log2(3), 1.0])
+    assert result["hit"].tolist() == [1.0, 1.0, 1.0]
