@@ -7,7 +7,7 @@ import os
 import sys
 
 from lightning.pytorch.callbacks import Callback, EarlyStopping
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 
 from lit_mmrec.data import RecDataModule
@@ -88,10 +88,12 @@ class RecommenderCLI(LightningCLI):
 
 
 def build_cli(args: list[str] | None = None, run: bool = True,
-              extra_callbacks: list[Callback] | None = None) -> RecommenderCLI:
+              extra_callbacks: list[Callback] | None = None, save_config: bool = True) -> RecommenderCLI:
     """Parse ``args`` (default: ``sys.argv``) and, with ``run``, execute the subcommand.
 
-    ``extra_callbacks`` are added to the trainer after the configured ones (the local sweep's monitor).
+    ``extra_callbacks`` are added to the trainer after the configured ones (the local sweep's monitor);
+    ``save_config=False`` writes no ``config.yaml`` into the trainer's log directory (tools that only
+    evaluate, such as ``lit_mmrec compare``).
     """
     return RecommenderCLI(
         RecommenderModule,
@@ -99,6 +101,7 @@ def build_cli(args: list[str] | None = None, run: bool = True,
         subclass_mode_model=True,
         subclass_mode_data=False,
         parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_callback=SaveConfigCallback if save_config else None,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"callbacks": list(extra_callbacks)} if extra_callbacks else None,
         args=args,
@@ -107,7 +110,8 @@ def build_cli(args: list[str] | None = None, run: bool = True,
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``lit_mmrec`` console script (``lit_mmrec sweep ...`` runs a local sweep)."""
+    """Entry point of the ``lit_mmrec`` console script (``lit_mmrec sweep ...`` runs a local sweep,
+    ``lit_mmrec compare ...`` compares two trained runs user by user)."""
     logging.basicConfig(level=os.environ.get("LIT_MMREC_LOG_LEVEL", "INFO"),
                         format="%(levelname)s %(name)s: %(message)s")
     keep_freed_memory_for_reuse()
@@ -116,6 +120,11 @@ def main(args: list[str] | None = None) -> None:
         from lit_mmrec.sweep import main as sweep_main
 
         sweep_main(argv[1:])
+        return
+    if argv[:1] == ["compare"]:
+        from lit_mmrec.compare import main as compare_main
+
+        compare_main(argv[1:])
         return
     build_cli(args)
     release_process_group()  # DDP on CPU: gloo must not outlive the interpreter (see the function)
