@@ -6,8 +6,10 @@ import csv
 from pathlib import Path
 
 import pytest
+import torch
 
 from lit_mmrec.cli import main as cli_main
+from lit_mmrec.compare import compare_runs
 from lit_mmrec.compare import main as compare_main
 from tests.test_cli import base_args, run_cli
 
@@ -44,3 +46,12 @@ def test_compare_checkpoints_of_one_run(tmp_path: Path, capsys):
     # the console script routes `compare`; a wrong path names the file
     with pytest.raises(SystemExit, match="missing.ckpt: no such file"):
         cli_main(["compare", "--a", str(config), str(tmp_path / "missing.ckpt"), "--b", str(config), str(best)])
+
+
+def test_compare_refuses_runs_on_different_users():
+    a = {"users": torch.tensor([0, 1, 2]), "recall": torch.tensor([0.0, 1.0, 0.0])}
+    b = {"users": torch.tensor([0, 1, 3]), "recall": torch.tensor([1.0, 1.0, 0.0])}
+    with pytest.raises(ValueError, match="different users"):
+        compare_runs(a, b, ["recall"])
+    same = compare_runs(a, {**b, "users": a["users"]}, ["recall"], n_bootstrap=10)
+    assert same["recall"].difference == pytest.approx(1 / 3)
