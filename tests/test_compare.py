@@ -20,7 +20,7 @@ def test_compare_checkpoints_of_one_run(tmp_path: Path, capsys):
     first = best.parent / "best-epoch000.ckpt"  # every epoch is kept (save_top_k -1)
     log_dir = Path(cli.trainer.log_dir)
     config = log_dir / "config.yaml"
-    rows = list(csv.DictReader((log_dir / "metrics.csv").open()))
+    rows = list(csv.DictReader((log_dir / "metrics.csv").read_text().splitlines()))
     val_recall = {int(r["epoch"]): float(r["val/recall@20"]) for r in rows if r.get("val/recall@20")}
     last = best.parent / "best-epoch002.ckpt"
     assert val_recall[0] != val_recall[2]
