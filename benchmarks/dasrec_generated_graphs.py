@@ -22,9 +22,8 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
 
-from lit_mmrec.cli import build_cli
+from lit_mmrec.cli import cli_for_saved_run
 from lit_mmrec.models import DASRec
 
 
@@ -61,10 +60,7 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.3, 0.4, 0.5, 0.6, 0.7])
     parser.add_argument("--top-k", type=int, default=5, help="candidates per user counted at each threshold")
     args = parser.parse_args()
-    saved = yaml.safe_load(Path(args.config).read_text())
-    # the model and the data, without the arguments of `fit` itself (ckpt_path, weights_only)
-    config = {key: saved[key] for key in ("model", "data", "evaluation", "early_stopping") if key in saved}
-    cli = build_cli(["--config", yaml.safe_dump(config), "--trainer.logger=false"], run=False)
+    cli = cli_for_saved_run(Path(args.config))
     model, datamodule = cli.model, cli.datamodule
     if not isinstance(model, DASRec):
         raise SystemExit(f"{args.config}: model is {type(model).__name__}, this report is for DASRec")

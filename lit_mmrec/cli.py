@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
+import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
@@ -107,6 +109,26 @@ def build_cli(args: list[str] | None = None, run: bool = True,
         args=args,
         run=run,
     )
+
+
+# what a saved ``fit`` config holds that evaluating one of its checkpoints needs
+_RUN_KEYS = ("model", "data", "evaluation", "early_stopping")
+
+
+def cli_for_saved_run(config: Path, args: list[str] | None = None,
+                      extra_callbacks: list[Callback] | None = None) -> RecommenderCLI:
+    """The model, data module and trainer of a run from the ``config.yaml`` that ``fit`` saved, not run:
+    without its trainer settings and ``fit``'s own arguments, with no logger and writing no config.
+    ``args`` are further command-line overrides. For tools that load a run's checkpoints."""
+    if not config.is_file():
+        raise SystemExit(f"{config}: no such file; pass the config.yaml that `lit_mmrec fit` saved with the run")
+    saved = yaml.safe_load(config.read_text()) or {}
+    missing = [key for key in ("model", "data") if key not in saved]
+    if missing:
+        raise SystemExit(f"{config}: has no {missing} section; pass the config.yaml that `lit_mmrec fit` saved")
+    section = {key: saved[key] for key in _RUN_KEYS if key in saved}
+    return build_cli(["--config", yaml.safe_dump(section), "--trainer.logger=false", *(args or [])], run=False,
+                     extra_callbacks=extra_callbacks, save_config=False)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -18,31 +18,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import yaml
 
-from lit_mmrec.cli import build_cli
+from lit_mmrec.cli import cli_for_saved_run
 from lit_mmrec.metrics.callbacks import PerUserMetrics
 from lit_mmrec.metrics.ranking import METRIC_NAMES
 from lit_mmrec.metrics.significance import PairedComparison, paired_comparison
 
-# what a saved fit config holds that evaluation needs: the model, the data and the evaluation callback
-_EVALUATION_KEYS = ("model", "data", "evaluation")
-
 
 def per_user_metrics(config: Path, checkpoint: Path, split: str, k: int) -> dict[str, torch.Tensor]:
     """Per-user metrics at ``k`` of the run ``config`` with the weights of ``checkpoint`` on ``split``."""
-    for path in (config, checkpoint):
-        if not path.is_file():
-            raise SystemExit(f"{path}: no such file; pass the run's saved config.yaml and a checkpoint of it")
-    saved = yaml.safe_load(config.read_text())
-    missing = [key for key in ("model", "data") if key not in (saved or {})]
-    if missing:
-        raise SystemExit(f"{config}: has no {missing} section; pass the config.yaml that `lit_mmrec fit` saved")
-    section = {key: saved[key] for key in _EVALUATION_KEYS if key in saved}
+    if not checkpoint.is_file():
+        raise SystemExit(f"{checkpoint}: no such file; pass a checkpoint of the run whose config.yaml precedes it")
     collector = PerUserMetrics(k)
-    cli = build_cli(["--config", yaml.safe_dump(section), "--trainer.logger=false", "--trainer.devices=1",
-                     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"],
-                    run=False, extra_callbacks=[collector], save_config=False)
+    cli = cli_for_saved_run(config, ["--trainer.devices=1", "--trainer.enable_progress_bar=false",
+                                     "--trainer.enable_model_summary=false"], extra_callbacks=[collector])
     run = cli.trainer.validate if split == "val" else cli.trainer.test
     run(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint), verbose=False)
     return collector.results[split]

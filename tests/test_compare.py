@@ -55,3 +55,14 @@ def test_compare_refuses_runs_on_different_users():
         compare_runs(a, b, ["recall"])
     same = compare_runs(a, {**b, "users": a["users"]}, ["recall"], n_bootstrap=10)
     assert same["recall"].difference == pytest.approx(1 / 3)
+
+
+def test_saved_run_configs_are_checked(tmp_path: Path):
+    from lit_mmrec.cli import cli_for_saved_run
+
+    with pytest.raises(SystemExit, match="nothing.yaml: no such file"):
+        cli_for_saved_run(tmp_path / "nothing.yaml")
+    partial = tmp_path / "config.yaml"
+    partial.write_text("trainer:\n  max_epochs: 1\ndata:\n  batch_size: 8\n")
+    with pytest.raises(SystemExit, match=r"config.yaml: has no \['model'\] section"):
+        cli_for_saved_run(partial)
