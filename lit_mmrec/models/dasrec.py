@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from itertools import combinations
 from collections.abc import Iterator
+from itertools import combinations
 from typing import Any, Literal
 
 import torch
