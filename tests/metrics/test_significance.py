@@ -34,7 +34,7 @@ def test_paired_comparison_is_paired():
     assert (same.difference, same.p_value) == (0.0, 1.0)
 
 
-def test_paired_comparison_bootstrap_is_seeded_and_chunk_free():
+def test_paired_comparison_bootstrap_is_seeded_and_calibrated():
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(300, generator=g), torch.rand(300, generator=g)
     one = paired_comparison(a, b, n_bootstrap=500, seed=3, chunk=500)
