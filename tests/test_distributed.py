@@ -4,7 +4,8 @@ Lightning's ``ddp`` strategy starts the other ranks by re-running the command li
 its own ``python -m lit_mmrec`` subprocess (the process group lives and dies with it). For each model:
 a few DDP training steps with validation, then the resulting checkpoint is tested once by two
 processes and once by one, and the metrics must agree: every test user is scored by exactly one
-process and the metric sums are reduced across processes.
+process and the metric sums are reduced across processes; the per-user metrics, gathered from the
+processes, must be those of the one-process test.
 """
 
 from __future__ import annotations
@@ -64,15 +65,25 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path, experiment: str):
     if experiment.startswith("dasrec"):
         assert "dasrec_generated_edges" in state  # the generated modality graphs travel with the checkpoint
 
-    # the same checkpoint tested by two processes and by one (test users: 3 batches of 32 -> 2 + 1 + padding)
+    # the same checkpoint tested by two processes and by one (test users: 3 batches of 32 -> 2 + 1 + padding),
+    # each also writing every test user's metrics (PerUserMetrics gathers the processes' shares)
     ckpt = f"--ckpt_path={checkpoint}"
-    two = logged(lit_mmrec(tmp_path, "test", *config, ckpt, processes=2), "test/")
-    one = logged(lit_mmrec(tmp_path, "test", *config, ckpt, processes=1), "test/")
+
+    def per_user(processes: int) -> list[str]:
+        return ["--trainer.callbacks+=lit_mmrec.metrics.PerUserMetrics",
+                f"--trainer.callbacks.output_dir={tmp_path / f'per_user-{processes}'}"]
+    two = logged(lit_mmrec(tmp_path, "test", *config, ckpt, *per_user(2), processes=2), "test/")
+    one = logged(lit_mmrec(tmp_path, "test", *config, ckpt, *per_user(1), processes=1), "test/")
     assert set(one) >= {"test/recall@20", "test/ndcg@20", "test/precision@20", "test/recall@10"}
     assert one.keys() == two.keys()
     for name in one:
         assert two[name] == pytest.approx(one[name], abs=1e-6), name
     assert one["test/recall@20"] > 0
+    rows = {n: list(csv.DictReader((tmp_path / f"per_user-{n}" / "per_user_test@20.csv").open())) for n in (1, 2)}
+    assert rows[2] == rows[1]  # every user once, in user order, with the same values
+    assert len(rows[1]) == len({row["userID"] for row in rows[1]}) > 64  # more than one process's batches
+    mean_recall = sum(float(row["recall"]) for row in rows[2]) / len(rows[2])
+    assert mean_recall == pytest.approx(one["test/recall@20"], abs=1e-6)
 
 
 def test_dasrec_diffusion_batches_train_under_ddp(tmp_path: Path):

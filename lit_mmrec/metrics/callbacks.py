@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lit_mmrec.data.sampling import RankingBatch
 from lit_mmrec.metrics.ranking import (
@@ -99,31 +100,51 @@ class PerUserMetrics(Callback):
 
     ``results["val"]`` (or ``"test"``) maps ``users`` and every metric name to a tensor [n_evaluated],
     sorted by user id, so that two runs on the same split pair up user by user (``lit_mmrec compare``).
-    The per-user values are the ones :class:`RankingEvaluator` averages. One process: under DDP each
-    process would hold only its own share of the users.
+    The per-user values are the ones :class:`RankingEvaluator` averages. Under DDP every process scores
+    its own share of the users; at the end of a pass the shares are gathered, so every process holds
+    the results of all users. With ``output_dir`` set, rank 0 also writes them to
+    ``<output_dir>/per_user_<stage>@<k>.csv`` (``userID`` then one column per metric), overwritten by
+    every pass, e.g. ``--trainer.callbacks+=lit_mmrec.metrics.PerUserMetrics
+    --trainer.callbacks.output_dir=/abs/path``.
     """
 
-    def __init__(self, k: int = 20) -> None:
+    def __init__(self, k: int = 20, output_dir: str | None = None) -> None:
         if k < 1:
             raise ValueError(f"k must be a positive cut-off, got {k}")
         self.k = k
+        self.output_dir = Path(output_dir) if output_dir is not None else None
         self.results: dict[str, dict[str, torch.Tensor]] = {}
-        self._parts: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+        self._parts: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def _start(self, *_) -> None:
         self._parts = []
 
     def _update(self, scores: torch.Tensor, batch: RankingBatch) -> None:
         per_user = ranking_metrics_per_user(ranked_hits(scores, batch, self.k), batch.n_targets, self.k)
-        self._parts.append((batch.users.cpu(), {name: value.cpu() for name, value in per_user.items()}))
+        self._parts.append((batch.users, torch.stack([per_user[name] for name in METRIC_NAMES], dim=1)))
 
-    def _finish(self, stage: str) -> None:
-        users = torch.cat([users for users, _ in self._parts])
-        order = users.argsort()
-        self.results[stage] = {"users": users[order]} | {
-            name: torch.cat([values[name] for _, values in self._parts])[order] for name in METRIC_NAMES
-        }
+    def _finish(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        device = pl_module.device
+        users = torch.cat([u.to(device) for u, _ in self._parts]) if self._parts else \
+            torch.zeros(0, dtype=torch.long, device=device)
+        values = torch.cat([v.to(device) for _, v in self._parts]) if self._parts else \
+            torch.zeros(0, len(METRIC_NAMES), device=device)
         self._parts = []
+        if trainer.world_size > 1:  # shares differ in size: gathered padded, then trimmed
+            users = torch.cat(gather_all_tensors(users.contiguous()))
+            values = torch.cat(gather_all_tensors(values.float().contiguous()))
+        order = users.argsort()
+        users, values = users[order].cpu(), values[order].cpu()
+        self.results[stage] = {"users": users} | {name: values[:, j] for j, name in enumerate(METRIC_NAMES)}
+        if self.output_dir is not None and trainer.is_global_zero:
+            self._write(self.output_dir / f"per_user_{stage}@{self.k}.csv", self.results[stage])
+
+    @staticmethod
+    def _write(path: Path, results: dict[str, torch.Tensor]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = np.column_stack([results["users"].numpy()] + [results[name].double().numpy() for name in METRIC_NAMES])
+        np.savetxt(path, table, fmt=["%d"] + ["%.8g"] * len(METRIC_NAMES), delimiter=",",
+                   header=",".join(["userID", *METRIC_NAMES]), comments="")
 
     on_validation_epoch_start = on_test_epoch_start = _start
 
@@ -134,10 +155,10 @@ class PerUserMetrics(Callback):
         self._update(outputs, batch)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._finish("val")
+        self._finish("val", trainer, pl_module)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._finish("test")
+        self._finish("test", trainer, pl_module)
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):

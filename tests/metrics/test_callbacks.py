@@ -1,9 +1,11 @@
-"""Checkpointing: ``last.ckpt`` follows every training epoch, even when the monitored metric stalls."""
+"""The metric callbacks: checkpointing (``last.ckpt`` follows every training epoch, even when the monitored
+metric stalls), and the full-ranking and per-user metrics against hand-computed values."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -68,11 +70,13 @@ def test_cut_offs_beyond_the_catalogue_rank_every_item():
     assert float(results["precision@50"]) == pytest.approx((2 / 50 + 1 / 50) / 2)
 
 
-def test_per_user_metrics_by_hand_sorted_by_user():
+def test_per_user_metrics_by_hand_sorted_by_user(tmp_path):
     from lit_mmrec.data.sampling import RankingBatch
     from lit_mmrec.metrics import PerUserMetrics
 
-    collector = PerUserMetrics(k=2)
+    collector = PerUserMetrics(k=2, output_dir=str(tmp_path / "per_user"))
+    trainer = SimpleNamespace(world_size=1, is_global_zero=True)  # one process
+    module = SimpleNamespace(device=torch.device("cpu"))
     collector.on_validation_epoch_start(None, None)
     # users 5 and 1; user 5 has item 0 known (masked), held-out items 1 and 3; user 1 held-out item 2
     scores = torch.tensor([[0.9, 0.8, 0.1, 0.7], [0.0, 0.1, 0.2, 0.3]])
@@ -83,7 +87,7 @@ def test_per_user_metrics_by_hand_sorted_by_user():
     second = RankingBatch(torch.tensor([0]), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long),
                           torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
     collector.on_validation_batch_end(None, None, torch.tensor([[1.0, 0.0, 0.0, 0.0]]), second, 1)
-    collector.on_validation_epoch_end(None, None)
+    collector.on_validation_epoch_end(trainer, module)
     result = collector.results["val"]
     assert result["users"].tolist() == [0, 1, 5]
     # user 5 ranks items 1, 3 (both held out); user 1 ranks 3, 2 (one of one, at position 2)
@@ -91,3 +95,9 @@ def test_per_user_metrics_by_hand_sorted_by_user():
     assert result["precision"].tolist() == pytest.approx([0.5, 0.5, 1.0])
     assert result["ndcg"].tolist() == pytest.approx([1.0, 1 / math.log2(3), 1.0])
     assert result["hit"].tolist() == [1.0, 1.0, 1.0]
+    # rank 0 writes the same values, one row per user
+    lines = (tmp_path / "per_user" / "per_user_val@2.csv").read_text().splitlines()
+    assert lines[0] == "userID,recall,ndcg,precision,hit"
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "5"]
+    assert float(lines[2].split(",")[2]) == pytest.approx(1 / math.log2(3))
+    assert float(lines[2].split(",")[3]) == 0.5
