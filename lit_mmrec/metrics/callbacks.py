@@ -112,7 +112,7 @@ class PerUserMetrics(Callback):
         if k < 1:
             raise ValueError(f"k must be a positive cut-off, got {k}")
         self.k = k
-        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.output_dir = Path(output_dir).expanduser() if output_dir is not None else None
         self.results: dict[str, dict[str, torch.Tensor]] = {}
         self._parts: list[tuple[torch.Tensor, torch.Tensor]] = []
 
