@@ -119,7 +119,9 @@ def cli_for_saved_run(config: Path, args: list[str] | None = None,
                       extra_callbacks: list[Callback] | None = None) -> RecommenderCLI:
     """The model, data module and trainer of a run from the ``config.yaml`` that ``fit`` saved, not run:
     without its trainer settings and ``fit``'s own arguments, with no logger and writing no config.
-    ``args`` are further command-line overrides. For tools that load a run's checkpoints."""
+    The trainer's root is the config's folder, where ``fit`` put the run's ``checkpoints/`` (never the
+    working directory). ``args`` are further command-line overrides. For tools that load a run's
+    checkpoints."""
     if not config.is_file():
         raise SystemExit(f"{config}: no such file; pass the config.yaml that `lit_mmrec fit` saved with the run")
     saved = yaml.safe_load(config.read_text()) or {}
@@ -127,7 +129,8 @@ def cli_for_saved_run(config: Path, args: list[str] | None = None,
     if missing:
         raise SystemExit(f"{config}: has no {missing} section; pass the config.yaml that `lit_mmrec fit` saved")
     section = {key: saved[key] for key in _RUN_KEYS if key in saved}
-    return build_cli(["--config", yaml.safe_dump(section), "--trainer.logger=false", *(args or [])], run=False,
+    return build_cli(["--config", yaml.safe_dump(section), "--trainer.logger=false",
+                      f"--trainer.default_root_dir={config.resolve().parent}", *(args or [])], run=False,
                      extra_callbacks=extra_callbacks, save_config=False)
 
 

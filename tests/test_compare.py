@@ -60,6 +60,14 @@ def test_compare_refuses_runs_on_different_users():
 def test_saved_run_configs_are_checked(tmp_path: Path):
     from lit_mmrec.cli import cli_for_saved_run
 
+    run = run_cli("fit", *base_args(tmp_path), "--trainer.max_epochs", "1", "--test_after_fit", "false")
+    config = Path(run.trainer.log_dir) / "config.yaml"
+    saved = cli_for_saved_run(config)  # rooted at the run's folder, beside its checkpoints, not the cwd
+    assert saved.trainer.default_root_dir == str(config.parent)
+    saved.trainer.validate(saved.model, datamodule=saved.datamodule, verbose=False,
+                           ckpt_path=str(config.parent / "checkpoints" / "last.ckpt"))
+    assert Path(saved.trainer.checkpoint_callback.dirpath) == Path(run.trainer.checkpoint_callback.dirpath)
+
     with pytest.raises(SystemExit, match="nothing.yaml: no such file"):
         cli_for_saved_run(tmp_path / "nothing.yaml")
     partial = tmp_path / "config.yaml"
