@@ -73,8 +73,9 @@ def test_resume_from_last_checkpoint(tmp_path: Path):
     assert resumed.trainer.global_step == 2 * first.trainer.global_step
 
 
-def test_bpr_experiment_runs(tmp_path: Path):
-    cli = run_cli("fit", *base_args(tmp_path, "bpr_synthetic.yaml"), "--trainer.max_epochs", "1")
+@pytest.mark.parametrize("experiment", ["bpr_synthetic.yaml", "vbpr_synthetic.yaml"])
+def test_matrix_factorisation_experiments_run(tmp_path: Path, experiment: str):
+    cli = run_cli("fit", *base_args(tmp_path, experiment), "--trainer.max_epochs", "1")
     assert "test/recall@20" in cli.trainer.logged_metrics
 
 
@@ -92,10 +93,11 @@ def test_bad_monitor_is_reported(tmp_path: Path):
 
 
 @pytest.mark.real_data
-def test_short_real_data_run(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("experiment", ["lightgcn_tiktok.yaml", "vbpr_tiktok.yaml"])
+def test_short_real_data_run(tmp_path: Path, monkeypatch, experiment: str):
     data_root = require_dataset("tiktok").parent
     monkeypatch.setenv("LIT_MMREC_DATA", str(data_root))
-    cli = run_cli("fit", "--config", str(REPO_ROOT / "configs" / "experiment" / "lightgcn_tiktok.yaml"),
+    cli = run_cli("fit", "--config", str(REPO_ROOT / "configs" / "experiment" / experiment),
                   "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
                   "--trainer.max_epochs", "2", "--data.cache_dir", str(tmp_path / "cache"))
     metrics = cli.trainer.logged_metrics

@@ -5,5 +5,6 @@ from lit_mmrec.models.bpr import BPRMF
 from lit_mmrec.models.dasrec import DASRec
 from lit_mmrec.models.diffcl import DiffCL
 from lit_mmrec.models.lightgcn import LightGCN
+from lit_mmrec.models.vbpr import VBPR
 
-__all__ = ["BPRMF", "DASRec", "DiffCL", "LightGCN", "RecommenderModule"]
+__all__ = ["BPRMF", "DASRec", "DiffCL", "LightGCN", "RecommenderModule", "VBPR"]
