@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
 import json
 import struct
 import time
@@ -175,6 +177,29 @@ def test_sweep_files_validate_against_the_wandb_schema(path: Path):
     for argument in config["command"]:
         if argument.endswith(".yaml"):
             assert (REPO_ROOT / argument).is_file(), argument
+
+
+def experiment_model_class(experiment: Path) -> type:
+    """The model class an experiment config names, inline or through a ``configs/model`` file."""
+    model = yaml.safe_load(experiment.read_text())["model"]
+    if isinstance(model, str):
+        model = yaml.safe_load((experiment.parent / model).read_text())
+    module, _, name = model["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_sweep_parameters_are_arguments_of_the_swept_model(path: Path):
+    """A misspelt parameter would only fail once an agent started a trial; here it fails at once."""
+    config = yaml.safe_load(path.read_text())
+    experiment = next(REPO_ROOT / arg for arg in config["command"] if arg.startswith("configs/experiment/"))
+    model_class = experiment_model_class(experiment)
+    accepted = {name for cls in model_class.__mro__ if "__init__" in vars(cls)
+                for name in inspect.signature(cls.__init__).parameters}
+    for parameter in config["parameters"]:
+        section, init_args, name = parameter.split(".", 2)
+        assert (section, init_args) == ("model", "init_args"), parameter
+        assert name in accepted, f"{path.name}: {model_class.__name__} has no argument {name!r}"
 
 
 def test_schema_rejects_a_bad_sweep():
