@@ -83,7 +83,7 @@ def main() -> None:
         start = now()
         model._generated_edges, model._graphs_eval = None, {}
         model._ensure_eval_graphs()  # generation, as at the start of every DASRec epoch
-        model._graphs_train = model._build_graphs(model.graph_keep_rate, model._graph_generator(epoch))
+        model._graphs_train = model._build_graphs(model.graph_keep_rate, model.epoch_generator(epoch))
         generated = now()
         diffusion = recommendation = 0.0
         for index, batch in enumerate(batches):

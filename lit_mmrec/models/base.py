@@ -151,6 +151,14 @@ class RecommenderModule(L.LightningModule):
         self.trainer.datamodule.reseed_train_sampling(self.current_epoch, self.global_rank)
         self._epoch_losses = {}
 
+    def epoch_generator(self, epoch: int) -> torch.Generator:
+        """A generator on the model's device seeded by the data module's seed and ``epoch`` only, so every
+        DDP process draws the same per-epoch graph (DASRec's edge dropout, FREEDOM's edge pruning)."""
+        seed = getattr(self.trainer.datamodule, "seed", 0) if self._trainer is not None else 0
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(int(seed) * 1_000_003 + epoch)
+        return generator
+
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         users, positives, negatives = batch  # [3, B]
         losses = self.training_losses(users, positives, negatives)

@@ -453,12 +453,6 @@ class DASRec(RecommenderModule):
             self._graphs_eval = self._build_graphs(1.0, None)
         return self._graphs_eval
 
-    def _graph_generator(self, epoch: int) -> torch.Generator:
-        seed = getattr(self.trainer.datamodule, "seed", 0) if self._trainer is not None else 0
-        generator = torch.Generator(device=self.id_embedding.device)
-        generator.manual_seed(int(seed) * 1_000_003 + epoch)
-        return generator
-
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         if not self.use_diffusion_graphs:
@@ -468,7 +462,7 @@ class DASRec(RecommenderModule):
             self._generated_edges, self._graphs_eval = None, {}
         graphs_eval = self._ensure_eval_graphs()
         self.report_generated_graphs()
-        self._graphs_train = self._build_graphs(self.graph_keep_rate, self._graph_generator(epoch)) \
+        self._graphs_train = self._build_graphs(self.graph_keep_rate, self.epoch_generator(epoch)) \
             if self.graph_keep_rate < 1.0 else graphs_eval
         self._plan_diffusion_users(epoch)
 
