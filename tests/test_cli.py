@@ -73,8 +73,8 @@ def test_resume_from_last_checkpoint(tmp_path: Path):
     assert resumed.trainer.global_step == 2 * first.trainer.global_step
 
 
-@pytest.mark.parametrize("experiment", ["bpr_synthetic.yaml", "vbpr_synthetic.yaml"])
-def test_matrix_factorisation_experiments_run(tmp_path: Path, experiment: str):
+@pytest.mark.parametrize("experiment", ["bpr_synthetic.yaml", "vbpr_synthetic.yaml", "freedom_synthetic.yaml"])
+def test_baseline_experiments_run(tmp_path: Path, experiment: str):
     cli = run_cli("fit", *base_args(tmp_path, experiment), "--trainer.max_epochs", "1")
     assert "test/recall@20" in cli.trainer.logged_metrics
 
@@ -93,7 +93,7 @@ def test_bad_monitor_is_reported(tmp_path: Path):
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("experiment", ["lightgcn_tiktok.yaml", "vbpr_tiktok.yaml"])
+@pytest.mark.parametrize("experiment", ["lightgcn_tiktok.yaml", "vbpr_tiktok.yaml", "freedom_tiktok.yaml"])
 def test_short_real_data_run(tmp_path: Path, monkeypatch, experiment: str):
     data_root = require_dataset("tiktok").parent
     monkeypatch.setenv("LIT_MMREC_DATA", str(data_root))

@@ -96,6 +96,48 @@ def generated_bipartite_graph(
         return graph.to_sparse_csr()
 
 
+def degree_edge_weights(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:
+    """``1 / sqrt(d_u d_i)`` for each user-item edge (u, i), degrees counted over the given edges."""
+    user_degree = torch.bincount(users, minlength=n_users).float()
+    item_degree = torch.bincount(items, minlength=n_items).float()
+    return (user_degree[users] * item_degree[items]).rsqrt()
+
+
+def degree_sensitive_pruned_graph(
+    users: torch.Tensor,
+    items: torch.Tensor,
+    n_users: int,
+    n_items: int,
+    keep_fraction: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """FREEDOM's degree-sensitive edge pruning: a normalised user-item graph [(U + I)^2] (torch sparse CSR)
+    of ``floor(keep_fraction * |E|)`` of the edges (u, i), drawn without replacement with probability
+    proportional to ``1 / sqrt(d_u d_i)``, so edges between popular nodes are dropped first.
+
+    The kept edges are normalised again by their own degrees, ``D^-1/2 A D^-1/2`` without self-loops;
+    nodes left without an edge get an empty row. ``users`` and ``items`` are distinct pairs (the training
+    interactions); the graph is built on their device.
+    """
+    if not 0.0 < keep_fraction <= 1.0:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    users, items = users.long(), items.long()
+    n_keep = max(1, int(len(users) * keep_fraction))
+    if n_keep < len(users):
+        kept = torch.multinomial(degree_edge_weights(users, items, n_users, n_items), n_keep, replacement=False,
+                                 generator=generator)
+        users, items = users[kept], items[kept]
+    values = degree_edge_weights(users, items, n_users, n_items)
+    n_nodes = n_users + n_items
+    rows = torch.cat([users, items + n_users])
+    cols = torch.cat([items + n_users, users])
+    graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.cat([values, values]), (n_nodes, n_nodes),
+                                    check_invariants=False).coalesce()  # distinct pairs in range by construction
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return graph.to_sparse_csr()
+
+
 def item_item_knn_graph(
     features: np.ndarray | torch.Tensor,
     k: int = 10,

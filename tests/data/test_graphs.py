@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 from lit_mmrec.data.graphs import (
     cached_item_item_knn_graph,
+    degree_sensitive_pruned_graph,
     item_item_knn_graph,
     scipy_to_torch_csr,
     sym_norm_adjacency,
@@ -89,3 +91,45 @@ def test_knn_cache_roundtrip(tmp_path):
 def test_scipy_to_torch_csr_roundtrip():
     matrix = sp.random(7, 5, density=0.3, format="csr", dtype=np.float32, random_state=1)
     np.testing.assert_allclose(scipy_to_torch_csr(matrix).to_dense().numpy(), matrix.toarray())
+
+
+def test_pruned_graph_keeping_every_edge_is_the_normalised_adjacency():
+    train = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 0]], dtype=np.float32))
+    users, items = (torch.from_numpy(a.astype(np.int64)) for a in train.nonzero())
+    graph = degree_sensitive_pruned_graph(users, items, 2, 3, keep_fraction=1.0)
+    np.testing.assert_allclose(graph.to_dense().numpy(), sym_norm_adjacency(train).toarray(), rtol=1e-6)
+
+
+def test_pruned_graph_renormalises_the_kept_edges_by_hand():
+    # user 0 -> items 0, 1, 2; user 1 -> item 0; keep floor(4 * 0.5) = 2 of the 4 edges
+    users, items = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 2, 0])
+    graph = degree_sensitive_pruned_graph(users, items, 2, 3, keep_fraction=0.5,
+                                          generator=torch.Generator().manual_seed(0)).to_dense()
+    assert torch.equal(graph, graph.T)
+    kept = graph[:2, 2:].nonzero()  # (user, item) of the kept edges
+    assert len(kept) == 2
+    assert all((int(u), int(i)) in {(0, 0), (0, 1), (0, 2), (1, 0)} for u, i in kept)
+    user_degree = torch.bincount(kept[:, 0], minlength=2).float()
+    item_degree = torch.bincount(kept[:, 1], minlength=3).float()
+    for u, i in kept:  # normalised by the kept graph's degrees, not the original ones
+        assert float(graph[u, 2 + i]) == pytest.approx(1 / float(torch.sqrt(user_degree[u] * item_degree[i])))
+    again = degree_sensitive_pruned_graph(users, items, 2, 3, keep_fraction=0.5,
+                                          generator=torch.Generator().manual_seed(0)).to_dense()
+    assert torch.equal(graph, again)  # a function of the generator's seed
+
+
+def test_pruning_prefers_edges_between_low_degree_nodes():
+    """Five edges: (u0, i0) joins two degree-1 nodes (weight 1); user 1 has degree 4, so its four edges
+    weigh 1/2 each. Keeping one edge, (u0, i0) is kept with probability 1 / (1 + 4 / 2) = 1/3, against
+    1/5 for a uniform draw."""
+    users = torch.tensor([0, 1, 1, 1, 1])
+    items = torch.tensor([0, 1, 2, 3, 4])
+    kept_first = 0
+    draws = 3000
+    for seed in range(draws):
+        graph = degree_sensitive_pruned_graph(users, items, 2, 5, keep_fraction=0.2,
+                                              generator=torch.Generator().manual_seed(seed))
+        kept_first += int(graph.to_dense()[0, 2] > 0)
+    assert kept_first / draws == pytest.approx(1 / 3, abs=0.03)
+    with pytest.raises(ValueError, match="keep_fraction"):
+        degree_sensitive_pruned_graph(users, items, 2, 5, keep_fraction=0.0)
