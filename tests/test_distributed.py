@@ -53,7 +53,8 @@ def logged(run_dir: Path, prefix: str) -> dict[str, float]:
     return values
 
 
-@pytest.mark.parametrize("experiment", ["lightgcn_synthetic.yaml", "diffcl_synthetic.yaml", "dasrec_synthetic.yaml"])
+@pytest.mark.parametrize("experiment", ["lightgcn_synthetic.yaml", "freedom_synthetic.yaml", "diffcl_synthetic.yaml",
+                                        "dasrec_synthetic.yaml"])
 def test_two_process_ddp_matches_one_process(tmp_path: Path, experiment: str):
     config = ["--config", str(REPO_ROOT / "configs" / "experiment" / experiment)]
     # train: 80 users, ~960 training interactions, batch 256 -> 2 steps per process per epoch
