@@ -58,3 +58,18 @@ def assert_only_contrastive_term_rounded(exact: dict, mixed: dict, atol: float) 
         torch.testing.assert_close(mixed[term], exact[term])
     torch.testing.assert_close(mixed["cl"], exact["cl"], rtol=1e-2, atol=atol)
     assert mixed["cl"].item() != exact["cl"].item()  # the similarities were rounded
+
+
+def validation_recall_before_and_after(model, datamodule: RecDataModule, tmp_path: Path, epochs: int = 15
+                                       ) -> tuple[float, float]:
+    """Validation Recall@10 of ``model`` before and after ``epochs`` of training on ``datamodule``."""
+    import lightning as L
+
+    from lit_mmrec.metrics import RankingEvaluator
+
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[RankingEvaluator(ks=[10], monitor="recall@10")], default_root_dir=tmp_path)
+    before = trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/recall@10"]
+    trainer.fit(model, datamodule=datamodule)
+    return before, trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/recall@10"]

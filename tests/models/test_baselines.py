@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 
 from lit_mmrec.data import RecDataModule
-from lit_mmrec.metrics import RankingEvaluator
 from lit_mmrec.models import BPRMF, VBPR, LightGCN
+from tests.conftest import validation_recall_before_and_after
 
 
 def attach(model, datamodule):
@@ -70,13 +69,7 @@ def test_lightgcn_learns_beyond_random(tmp_path, tiny_source):
     datamodule = RecDataModule(tiny_source, knn_k=3, cache_dir=str(tmp_path), train_batch_size=64)
     model = LightGCN(datamodule.n_users, datamodule.n_items, embedding_dim=16,
                      optimizer=lambda params: torch.optim.Adam(params, lr=0.02))
-    evaluator = RankingEvaluator(ks=[10], monitor="recall@10")
-    trainer = L.Trainer(max_epochs=15, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[evaluator],
-                        default_root_dir=tmp_path)
-    before = trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/recall@10"]
-    trainer.fit(model, datamodule=datamodule)
-    after = trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/recall@10"]
+    before, after = validation_recall_before_and_after(model, datamodule, tmp_path)
     assert after > before + 0.05
 
 
@@ -143,11 +136,5 @@ def test_vbpr_learns_beyond_random(tmp_path, tiny_source):
     datamodule = RecDataModule(tiny_source, knn_k=3, cache_dir=str(tmp_path), train_batch_size=64)
     model = VBPR(datamodule.n_users, datamodule.n_items, datamodule.feature_dims, embedding_dim=16,
                  optimizer=lambda params: torch.optim.Adam(params, lr=0.02))
-    evaluator = RankingEvaluator(ks=[10], monitor="recall@10")
-    trainer = L.Trainer(max_epochs=15, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[evaluator],
-                        default_root_dir=tmp_path)
-    before = trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/recall@10"]
-    trainer.fit(model, datamodule=datamodule)
-    after = trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/recall@10"]
+    before, after = validation_recall_before_and_after(model, datamodule, tmp_path)
     assert after > before + 0.05
