@@ -159,4 +159,3 @@ class FREEDOM(RecommenderModule):
                 modality = modality + bpr_loss((u * f_p).sum(dim=1), (u * f_n).sum(dim=1))
             losses["modality"] = self.lambda_modality * modality
         return losses
-
