@@ -58,7 +58,12 @@ class RecommenderModule(L.LightningModule):
         reg_weight: weight of the L2 regulariser on the batch's input embeddings.
         optimizer: optimizer factory (``class_path``/``init_args`` in YAML); Adam(lr=1e-3) by default.
         scheduler: optional learning-rate scheduler factory, stepped per epoch.
+
+    Models that read item features set ``requires_features = True``: they refuse to be built without a
+    modality, and to be set up on data whose modalities differ from those they were built for.
     """
+
+    requires_features: bool = False
 
     def __init__(
         self,
@@ -74,6 +79,9 @@ class RecommenderModule(L.LightningModule):
         self.n_users = n_users
         self.n_items = n_items
         self.feature_dims = dict(feature_dims or {})
+        if self.requires_features and not self.feature_dims:
+            raise ValueError(f"{type(self).__name__} needs at least one item feature modality; the data module "
+                             f"provided none (put <modality>_feat.npy files beside the interactions)")
         self.reg_weight = reg_weight
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -95,8 +103,17 @@ class RecommenderModule(L.LightningModule):
                 f"model was built for {self.n_users} users x {self.n_items} items but the data has "
                 f"{graphs.n_users} x {graphs.n_items}; use the checkpoint with the dataset it was trained on"
             )
+        self.check_data_modalities(graphs)
         self.graphs = graphs.to(self.trainer.strategy.root_device)
         self.on_graphs_ready()
+
+    def check_data_modalities(self, graphs: RecGraphs) -> None:
+        """For models that read item features: the data's modalities and widths, in order, must be the
+        ones the model was built for."""
+        data_dims = {m: int(f.shape[1]) for m, f in graphs.features.items()}
+        if self.requires_features and list(data_dims.items()) != list(self.feature_dims.items()):
+            raise ValueError(f"{type(self).__name__} was built for modalities {self.feature_dims} but the data has "
+                             f"{data_dims}; select the same ones with --data.modalities")
 
     def on_graphs_ready(self) -> None:
         """Hook for subclasses that derive tensors from ``self.graphs`` once per setup."""

@@ -191,6 +191,8 @@ class DASRec(RecommenderModule):
     (uniform 1/M weights in eq 19).
     """
 
+    requires_features = True
+
     def __init__(
         self,
         n_users: int,
@@ -239,8 +241,6 @@ class DASRec(RecommenderModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(n_users, n_items, feature_dims=feature_dims, **kwargs)
-        if not self.feature_dims:
-            raise ValueError("DASRec needs at least one item feature modality; the data module provided none")
         if not 0.0 < graph_keep_rate <= 1.0:
             raise ValueError(f"graph_keep_rate must be in (0, 1], got {graph_keep_rate}")
         if not 0 <= sampling_steps <= diffusion_steps:

@@ -104,6 +104,8 @@ class DiffCL(RecommenderModule):
     components; a switched-off component contributes neither its loss term nor its effect on embeddings.
     """
 
+    requires_features = True
+
     def __init__(
         self,
         n_users: int,
@@ -139,8 +141,6 @@ class DiffCL(RecommenderModule):
         **kwargs,
     ) -> None:
         super().__init__(n_users, n_items, feature_dims=feature_dims, **kwargs)
-        if not self.feature_dims:
-            raise ValueError("DiffCL needs at least one item feature modality; the data module provided none")
         self.modalities = list(self.feature_dims)
         self.n_layers = n_layers
         self.layer_combination = layer_combination

@@ -49,6 +49,8 @@ class FREEDOM(RecommenderModule):
         **kwargs: see :class:`RecommenderModule` (``reg_weight``, ``optimizer``, ...).
     """
 
+    requires_features = True
+
     def __init__(
         self,
         n_users: int,
@@ -65,9 +67,6 @@ class FREEDOM(RecommenderModule):
         **kwargs,
     ) -> None:
         super().__init__(n_users, n_items, feature_dims=feature_dims, reg_weight=reg_weight, **kwargs)
-        if not self.feature_dims:
-            raise ValueError("FREEDOM needs at least one item feature modality; the data module provided none "
-                             "(put <modality>_feat.npy files beside the interactions, or use LightGCN)")
         if not 0.0 <= edge_dropout < 1.0:
             raise ValueError(f"edge_dropout must be in [0, 1), got {edge_dropout}")
         self.modalities = list(self.feature_dims)
@@ -92,9 +91,6 @@ class FREEDOM(RecommenderModule):
     # ---- graphs ----
     def on_graphs_ready(self) -> None:
         graphs = self.graphs
-        if list(graphs.features) != self.modalities:
-            raise ValueError(f"FREEDOM was built for modalities {self.modalities} but the data has "
-                             f"{list(graphs.features)}; select the same ones with --data.modalities")
         combined = None
         for m in self.modalities:
             term = self.modality_weights[m] * graphs.item_item[m].to_sparse_coo()

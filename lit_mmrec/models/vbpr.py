@@ -36,12 +36,11 @@ class VBPR(RecommenderModule):
         **kwargs: see :class:`RecommenderModule` (``reg_weight``, ``optimizer``, ...).
     """
 
+    requires_features = True
+
     def __init__(self, n_users: int, n_items: int, feature_dims: dict[str, int] | None = None,
                  embedding_dim: int = 64, normalise_features: bool = False, **kwargs) -> None:
         super().__init__(n_users, n_items, feature_dims=feature_dims, **kwargs)
-        if not self.feature_dims:
-            raise ValueError("VBPR needs at least one item feature modality; the data module provided none "
-                             "(put <modality>_feat.npy files beside the interactions, or use BPRMF)")
         self.modalities = list(self.feature_dims)
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, 2 * embedding_dim)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_items, embedding_dim)))
@@ -53,9 +52,6 @@ class VBPR(RecommenderModule):
 
     def on_graphs_ready(self) -> None:
         features = self.graphs.features
-        if list(features) != self.modalities:
-            raise ValueError(f"VBPR was built for modalities {self.modalities} but the data has {list(features)}; "
-                             f"select the same ones with --data.modalities")
         parts = [F.normalize(features[m], dim=1) if self.normalise_features else features[m] for m in self.modalities]
         self.item_features = torch.cat(parts, dim=1)  # [n_items, sum of dims]
 

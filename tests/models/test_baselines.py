@@ -127,9 +127,13 @@ def test_vbpr_normalises_each_modality_before_concatenating(tiny_datamodule: Rec
 def test_vbpr_needs_features_and_the_same_modalities(tiny_datamodule: RecDataModule):
     with pytest.raises(ValueError, match="at least one item feature modality"):
         VBPR(60, 40, {})
-    model = attach(VBPR(60, 40, {"text": 6, "image": 8}), tiny_datamodule)  # data: image then text
+    model = VBPR(60, 40, {"text": 6, "image": 8})  # data: image then text
     with pytest.raises(ValueError, match="--data.modalities"):
-        model.on_graphs_ready()
+        model.check_data_modalities(tiny_datamodule.graphs)  # RecommenderModule.setup's check
+    with pytest.raises(ValueError, match="--data.modalities"):  # the same names with another width
+        VBPR(60, 40, {"image": 8, "text": 5}).check_data_modalities(tiny_datamodule.graphs)
+    VBPR(60, 40, tiny_datamodule.feature_dims).check_data_modalities(tiny_datamodule.graphs)
+    LightGCN(60, 40, feature_dims={"text": 6}).check_data_modalities(tiny_datamodule.graphs)  # reads no features
 
 
 def test_vbpr_learns_beyond_random(tmp_path, tiny_source):

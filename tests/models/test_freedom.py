@@ -97,9 +97,8 @@ def test_bad_options_name_the_fix(tiny_datamodule: RecDataModule):
     with pytest.raises(ValueError, match="edge_dropout"):
         FREEDOM(60, 40, {"image": 8, "text": 6}, edge_dropout=1.0)
     model = FREEDOM(60, 40, {"text": 6, "image": 8})  # the data's order is image, text
-    model.graphs = tiny_datamodule.graphs
     with pytest.raises(ValueError, match="--data.modalities"):
-        model.on_graphs_ready()
+        model.check_data_modalities(tiny_datamodule.graphs)
 
 
 def test_freedom_learns_beyond_random(tmp_path, tiny_source):
