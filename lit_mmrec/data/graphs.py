@@ -57,6 +57,16 @@ def sym_norm_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
     return symmetric_normalise(bipartite_adjacency(train))
 
 
+def square_csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """The [n_nodes, n_nodes] torch sparse CSR with entries ``values`` at (``rows``, ``cols``), indices in
+    range by construction (not re-checked); repeated positions are summed."""
+    graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_nodes, n_nodes),
+                                    check_invariants=False).coalesce()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return graph.to_sparse_csr()
+
+
 def generated_bipartite_graph(
     users: torch.Tensor,
     items: torch.Tensor,
@@ -86,14 +96,8 @@ def generated_bipartite_graph(
         keep_loop = torch.rand(n_nodes, generator=generator, device=device) < keep_rate
         users, items, edge_values = users[keep_edge], items[keep_edge], edge_values[keep_edge] / keep_rate
         loops, loop_values = loops[keep_loop], loop_values[keep_loop] / keep_rate
-    rows = torch.cat([users, items, loops])
-    cols = torch.cat([items, users, loops])
-    values = torch.cat([edge_values, edge_values, loop_values])
-    graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_nodes, n_nodes),
-                                    check_invariants=False).coalesce()  # indices in range by construction
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        return graph.to_sparse_csr()
+    return square_csr(torch.cat([users, items, loops]), torch.cat([items, users, loops]),
+                      torch.cat([edge_values, edge_values, loop_values]), n_nodes)
 
 
 def degree_edge_weights(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:
@@ -128,14 +132,8 @@ def degree_sensitive_pruned_graph(
                                  generator=generator)
         users, items = users[kept], items[kept]
     values = degree_edge_weights(users, items, n_users, n_items)
-    n_nodes = n_users + n_items
-    rows = torch.cat([users, items + n_users])
-    cols = torch.cat([items + n_users, users])
-    graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.cat([values, values]), (n_nodes, n_nodes),
-                                    check_invariants=False).coalesce()  # distinct pairs in range by construction
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        return graph.to_sparse_csr()
+    return square_csr(torch.cat([users, items + n_users]), torch.cat([items + n_users, users]),
+                      torch.cat([values, values]), n_users + n_items)
 
 
 def item_item_knn_graph(

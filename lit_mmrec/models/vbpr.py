@@ -60,7 +60,7 @@ class VBPR(RecommenderModule):
         if items is None:
             return torch.cat([self.item_embedding, self.projection(self.item_features)], dim=1)
         return torch.cat([gather_rows(self.item_embedding, items),
-                          self.projection(self.item_features.index_select(0, items))], dim=1)
+                          self.projection(gather_rows(self.item_features, items))], dim=1)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_embedding, self.item_rows()
