@@ -19,9 +19,19 @@ from lit_mmrec.models.components.diffusion import (
 def test_linear_schedule_matches_eq_11():
     gamma_bar = linear_noise_schedule(steps=5, noise_scale=0.5, noise_min=0.1, noise_max=0.5)
     # 1 - gamma_bar_t = s * (gmin + (t-1)/(T-1) * (gmax - gmin)) = 0.5 * (0.1, 0.2, 0.3, 0.4, 0.5)
-    torch.testing.assert_close(1 - gamma_bar, torch.tensor([0.05, 0.10, 0.15, 0.20, 0.25]))
+    torch.testing.assert_close(1 - gamma_bar, torch.tensor([0.05, 0.10, 0.15, 0.20, 0.25], dtype=torch.float64))
     single = linear_noise_schedule(steps=1, noise_scale=1.0, noise_min=0.2, noise_max=0.4)
-    torch.testing.assert_close(single, torch.tensor([0.8]))
+    torch.testing.assert_close(single, torch.tensor([0.8], dtype=torch.float64))
+
+
+def test_small_noise_levels_keep_their_precision():
+    """At DiffMM's defaults the first step's noise is s * gamma_min = 1e-5: 1 - float32(1 - 1e-5) would be
+    1.0014e-5, off by 0.14%, and the SNR weights built on it by as much."""
+    diffusion = GaussianDiffusion(linear_noise_schedule(5, 0.1, 0.0001, 0.02))
+    expected = torch.tensor([0.1 * (0.0001 + k * (0.02 - 0.0001) / 4) for k in range(5)])
+    torch.testing.assert_close(diffusion.noise_bar, expected, rtol=1e-6, atol=0.0)
+    terms = diffusion.step_terms(torch.tensor([1, 2]))
+    torch.testing.assert_close(terms.noise_bar.squeeze(1), expected[:2], rtol=1e-6, atol=0.0)
     with pytest.raises(ValueError):
         linear_noise_schedule(steps=5, noise_scale=1.5, noise_min=0.1, noise_max=0.2)
 

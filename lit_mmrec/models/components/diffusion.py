@@ -15,8 +15,10 @@ from lit_mmrec.models.components.precision import PRODUCT_ROW_MULTIPLE, ProductP
 def linear_noise_schedule(steps: int, noise_scale: float, noise_min: float, noise_max: float) -> torch.Tensor:
     """``1 - gamma_bar_t = s * (gamma_min + (t - 1) / (T - 1) * (gamma_max - gamma_min))``, t = 1..T.
 
-    Returns ``gamma_bar`` [T] (DiffCL eq 11, DASRec eq 6 without the user sparsity factor). With T = 1
-    the single step uses ``gamma_min``.
+    Returns ``gamma_bar`` [T] in float64 (DiffCL eq 11, DASRec eq 6 without the user sparsity factor).
+    With T = 1 the single step uses ``gamma_min``. Float64, because ``1 - gamma_bar`` is as small as
+    ``s * gamma_min`` (1e-5 at DiffMM's defaults), which a float32 ``gamma_bar`` near 1 keeps only to
+    about 0.1%; :class:`GaussianDiffusion` takes its complements from this before storing float32.
     """
     if steps < 1:
         raise ValueError(f"diffusion steps must be >= 1, got {steps}")
@@ -27,7 +29,7 @@ def linear_noise_schedule(steps: int, noise_scale: float, noise_min: float, nois
         )
     fraction = torch.linspace(0.0, 1.0, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
     one_minus_bar = noise_scale * (noise_min + fraction * (noise_max - noise_min))
-    return (1.0 - one_minus_bar).float()
+    return 1.0 - one_minus_bar
 
 
 def _posterior(noise_bar: torch.Tensor, noise_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
