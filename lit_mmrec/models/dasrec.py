@@ -110,7 +110,8 @@ class DASRec(RecommenderModule):
         ``z_u = sum_m a_u^m z_u^m`` (eq 19). Signal injection (eq 20) is the MSE between
         ``alpha_hat E^m`` and ``alpha_0 E_id`` for each modality, plus the same MSE for the attention-fused
         ``z_u`` (the paper's "semantic path built on the aggregated representation"); this fused term
-        is what trains the attention network.
+        is what trains the attention network (``fused_signal_injection``; off, only the per-modality
+        terms remain, as in DiffMM, and the attention gets no gradient).
     Modality-aware graphs
         At the start of every ``rebuild_every_n_epochs``-th epoch, each modality's denoiser reconstructs
         every user's row (reverse process from the clean row, DiffMM's ``sampling_steps = 0``), the
@@ -223,6 +224,7 @@ class DASRec(RecommenderModule):
         attention_activation: AttentionActivation = "tanh",
         lambda_msi: float = 0.1,
         signal_features: SignalFeatures = "projected",
+        fused_signal_injection: bool = True,
         # modality-aware graphs
         similarity_threshold: float = 0.6,
         graph_top_k: int = 1,
@@ -250,6 +252,9 @@ class DASRec(RecommenderModule):
         if diffusion_batch_size is not None and diffusion_batch_size < 1:
             raise ValueError(f"diffusion_batch_size must be >= 1 or null (spread over every step), "
                              f"got {diffusion_batch_size}")
+        if use_diffusion_graphs and use_modality_attention and not fused_signal_injection:
+            raise ValueError("use_modality_attention needs fused_signal_injection: the attention weights reach "
+                             "the model only through the fused signal-injection term (eq 19-20)")
         self.modalities = list(self.feature_dims)
         self.n_layers = n_layers
         self.use_diffusion_graphs = use_diffusion_graphs
@@ -264,6 +269,7 @@ class DASRec(RecommenderModule):
         self.use_modality_attention = use_modality_attention
         self.lambda_msi = lambda_msi
         self.signal_features = signal_features
+        self.fused_signal_injection = fused_signal_injection
         self.similarity_threshold = similarity_threshold
         self.graph_top_k = min(graph_top_k, n_items)
         self.graph_keep_rate = graph_keep_rate
@@ -352,10 +358,11 @@ class DASRec(RecommenderModule):
             preference = x0_hat @ self.signal_item_features(modality)  # z_u^m, eq 17 [B, d]
             signal_loss = signal_loss + (preference - structure).pow(2).mean()  # eq 20
             preferences.append(preference)
-        stacked = torch.stack(preferences, dim=1)  # [B, M, d]
-        weights = self.modality_attention_weights(stacked)  # [B, M]
-        fused = (weights.unsqueeze(-1) * stacked).sum(dim=1)  # eq 19
-        signal_loss = signal_loss + (fused - structure).pow(2).mean()
+        if self.fused_signal_injection:
+            stacked = torch.stack(preferences, dim=1)  # [B, M, d]
+            weights = self.modality_attention_weights(stacked)  # [B, M]
+            fused = (weights.unsqueeze(-1) * stacked).sum(dim=1)  # eq 19
+            signal_loss = signal_loss + (fused - structure).pow(2).mean()
         return diffusion_loss, signal_loss
 
     def modality_attention_weights(self, preferences: torch.Tensor) -> torch.Tensor:
