@@ -73,7 +73,8 @@ def test_resume_from_last_checkpoint(tmp_path: Path):
     assert resumed.trainer.global_step == 2 * first.trainer.global_step
 
 
-@pytest.mark.parametrize("experiment", ["bpr_synthetic.yaml", "vbpr_synthetic.yaml", "freedom_synthetic.yaml"])
+@pytest.mark.parametrize("experiment", ["bpr_synthetic.yaml", "vbpr_synthetic.yaml", "freedom_synthetic.yaml",
+                                        "diffmm_synthetic.yaml"])
 def test_baseline_experiments_run(tmp_path: Path, experiment: str):
     cli = run_cli("fit", *base_args(tmp_path, experiment), "--trainer.max_epochs", "1")
     assert "test/recall@20" in cli.trainer.logged_metrics

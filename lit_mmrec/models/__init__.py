@@ -1,11 +1,12 @@
-"""Recommender LightningModules: the shared base, baselines, and the DiffCL and DASRec models."""
+"""Recommender LightningModules: the shared base, the baselines (DiffMM, which DASRec extends, among them), DiffCL and DASRec."""
 
 from lit_mmrec.models.base import RecommenderModule
 from lit_mmrec.models.bpr import BPRMF
 from lit_mmrec.models.dasrec import DASRec
 from lit_mmrec.models.diffcl import DiffCL
+from lit_mmrec.models.diffmm import DiffMM
 from lit_mmrec.models.freedom import FREEDOM
 from lit_mmrec.models.lightgcn import LightGCN
 from lit_mmrec.models.vbpr import VBPR
 
-__all__ = ["BPRMF", "DASRec", "FREEDOM", "DiffCL", "LightGCN", "RecommenderModule", "VBPR"]
+__all__ = ["BPRMF", "DASRec", "FREEDOM", "DiffCL", "DiffMM", "LightGCN", "RecommenderModule", "VBPR"]

@@ -1,0 +1,112 @@
+"""DiffMM as DASRec without DASRec's additions: what it fixes, its losses by hand, its graphs, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_mmrec.data import RecDataModule
+from lit_mmrec.metrics import RankingEvaluator
+from lit_mmrec.models import DASRec, DiffMM
+
+
+def build(datamodule: RecDataModule, **kwargs) -> DiffMM:
+    torch.manual_seed(0)
+    options = dict(embedding_dim=8, denoiser_hidden=16, denoiser_time_dim=4)
+    options.update(kwargs)
+    model = DiffMM(datamodule.n_users, datamodule.n_items, feature_dims=datamodule.feature_dims, **options)
+    model.graphs = datamodule.graphs
+    model.on_graphs_ready()
+    return model
+
+
+class Echo(torch.nn.Module):
+    """A "denoiser" that returns a fixed prediction and records the steps it was asked about."""
+
+    def __init__(self, prediction: torch.Tensor) -> None:
+        super().__init__()
+        self.prediction = prediction
+        self.steps: list[torch.Tensor] = []
+
+    def forward(self, x_t, t, input_dropout=True):
+        self.steps.append(t)
+        return self.prediction
+
+
+def test_diffmm_leaves_out_what_dasrec_adds(tiny_datamodule):
+    model = build(tiny_datamodule)
+    assert not model.sparsity_scaled_noise and model.row_scale(torch.arange(4)) is None  # one schedule for all
+    assert not hasattr(model, "attention") and not model.fused_signal_injection
+    assert model.similarity_threshold == float("-inf") and model.reweight_steps
+    assert (model.use_modality_anchor, model.use_main_anchor) == (True, False)  # cl_method 0
+    main = build(tiny_datamodule, contrast_with="main")
+    assert (main.use_modality_anchor, main.use_main_anchor) == (False, True)  # cl_method 1
+    with pytest.raises(ValueError, match="contrast_with"):
+        build(tiny_datamodule, contrast_with="both")
+
+
+def test_diffusion_objective_has_diffmm_step_weights_and_per_modality_signal_injection(tiny_datamodule):
+    steps, scale, g_min, g_max = 5, 0.1, 0.0001, 0.02
+    model = build(tiny_datamodule, denoiser_dropout=0.0, diffusion_steps=steps, noise_scale=scale,
+                  noise_min=g_min, noise_max=g_max)
+    users = torch.tensor([0, 3, 7, 8, 11])
+    x0 = model.user_rows(users)
+    predictions = {m: torch.rand_like(x0) for m in model.modalities}
+    model.denoisers = torch.nn.ModuleDict({m: Echo(p) for m, p in predictions.items()})
+    torch.manual_seed(3)
+    diffusion_loss, signal_loss = model.diffusion_losses(users)
+
+    # 1 - gamma_bar_t = s * linspace(g_min, g_max, T)[t - 1]; SNR = gamma_bar / (1 - gamma_bar);
+    # DiffMM weighs a row noised to step t by SNR(t - 1) - SNR(t), and by 1 at the first step
+    noise_bar = [scale * (g_min + k * (g_max - g_min) / (steps - 1)) for k in range(steps)]
+    snr = [(1 - v) / v for v in noise_bar]
+    weight = {1: 1.0, **{t: snr[t - 2] - snr[t - 1] for t in range(2, steps + 1)}}
+    t = model.denoisers[model.modalities[0]].steps[0]
+    assert all(torch.equal(model.denoisers[m].steps[0], t) for m in model.modalities)  # one draw, shared
+    row_weights = torch.tensor([weight[int(step)] for step in t])
+    expected = sum((row_weights * (p - x0).pow(2).mean(dim=1)).mean() for p in predictions.values())
+    torch.testing.assert_close(diffusion_loss, expected)
+
+    # signal injection: || alpha_hat Trans(f^m) - alpha_0 E_id ||^2 per modality, no fused path
+    structure = x0 @ model.id_embedding[model.n_users:].detach()
+    expected_signal = sum((p @ model.projected_features(m).detach() - structure).pow(2).mean()
+                          for m, p in predictions.items())
+    torch.testing.assert_close(signal_loss, expected_signal)
+
+
+def test_every_user_gets_its_top_k_edges_whatever_the_predictions(tiny_datamodule):
+    model = build(tiny_datamodule, graph_top_k=2)
+    for denoiser in model.denoisers.values():  # predictions far below any threshold DASRec would use
+        torch.nn.init.constant_(denoiser.output_layer.bias, -50.0)
+    edges = model.generate_edges()
+    for modality in model.modalities:
+        users = edges[modality][0]
+        assert torch.equal(torch.bincount(users, minlength=model.n_users), torch.full((model.n_users,), 2))
+
+
+def test_dasrec_refuses_attention_without_the_fused_signal_injection(tiny_datamodule):
+    with pytest.raises(ValueError, match="fused_signal_injection"):
+        DASRec(tiny_datamodule.n_users, tiny_datamodule.n_items, feature_dims=tiny_datamodule.feature_dims,
+               use_modality_attention=True, fused_signal_injection=False)
+
+
+def test_diffmm_trains_and_restores_from_its_own_hyperparameters(tiny_datamodule, tmp_path: Path):
+    model = build(tiny_datamodule, diffusion_batch_size=8, contrast_with="main")
+    assert "use_modality_attention" not in model.hparams and model.hparams["contrast_with"] == "main"
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[RankingEvaluator(ks=[20])])
+    trainer.fit(model, datamodule=tiny_datamodule)
+    metrics = trainer.logged_metrics
+    assert {"train/bpr_loss", "train/cl_loss", "train/diffusion_loss", "train/msi_loss"} <= set(metrics)
+    assert all(metrics[f"train/graph_edges_{m}"] == model.n_users for m in model.modalities)
+    path = tmp_path / "diffmm.ckpt"
+    trainer.save_checkpoint(path)
+    validated = trainer.validate(model, datamodule=tiny_datamodule, verbose=False)[0]["val/recall@20"]
+    restored = DiffMM.load_from_checkpoint(path)
+    assert restored.use_main_anchor and not restored.use_modality_anchor
+    again = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[RankingEvaluator(ks=[20])], default_root_dir=tmp_path)
+    assert again.validate(restored, datamodule=tiny_datamodule, verbose=False)[0]["val/recall@20"] == pytest.approx(validated)
