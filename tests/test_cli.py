@@ -109,7 +109,7 @@ def test_short_real_data_run(tmp_path: Path, monkeypatch, experiment: str):
 @pytest.mark.real_data
 def test_diffmm_short_real_data_run(tmp_path: Path, monkeypatch):
     """DiffMM's TikTok config for 12 steps: ten 1,024-user diffusion batches (every user's row once), a
-    generated graph with every user's top-1 edge per modality, and a tested checkpoint."""
+    generated graph with every user's top-5 edges per modality (rebuild_k), and a tested checkpoint."""
     data_root = require_dataset("tiktok").parent
     monkeypatch.setenv("LIT_MMREC_DATA", str(data_root))
     cli = run_cli("fit", "--config", str(REPO_ROOT / "configs" / "experiment" / "diffmm_tiktok.yaml"),
@@ -120,5 +120,5 @@ def test_diffmm_short_real_data_run(tmp_path: Path, monkeypatch):
     assert 0.0 < float(cli.trainer.logged_metrics["test/recall@20"]) < 1.0
     rows = list(csv.DictReader(next(Path(cli.trainer.log_dir).glob("metrics.csv")).open()))
     epoch = next(row for row in rows if row.get("train/diffusion_loss"))
-    assert {float(epoch[f"train/graph_edges_{m}"]) for m in ("image", "audio")} == {9308.0}
+    assert {float(epoch[f"train/graph_edges_{m}"]) for m in ("image", "audio")} == {5 * 9308.0}
     assert float(epoch["train/diffusion_loss"]) > 0 and float(epoch["train/msi_loss"]) > 0

@@ -172,7 +172,8 @@ class DASRec(RecommenderModule):
           the 1000-wide denoisers over whole interaction rows, most of an epoch, take a third of the time.
           Generated edges whose prediction lies within bfloat16's rounding (about 0.4%) of
           ``similarity_threshold`` can fall on either side of it.
-        * ``graph_top_k`` (DiffMM's ``rebuild_k``: 1) candidates per user before the threshold.
+        * ``graph_top_k`` candidates per user before the threshold (DiffMM's ``rebuild_k``, 5 in its code,
+          where no threshold follows; :class:`~lit_mmrec.models.DiffMM`).
         * ``signal_features``: the item features e^m of eq 17 and 20, ``projected`` (``Trans(f^m)``, DiffMM's
           ``getImageFeats``; default) or ``normalised`` (``Norm(Trans(f^m))``, the e^m of eq 21). Detached
           either way: the signal-injection loss trains the denoisers and the attention only.

@@ -40,7 +40,7 @@ class DiffMM(DASRec):
     ``A [E_u; e^m] + A [(A [E_u; e^m])_u; E_i] + modality_graph_weight * G^m E`` with softmax modality
     weights and the ``omega``-weighted normalised residual (DiffMM's ``forward_MM``), L2 on the whole ID
     tables. Defaults are DiffMM's (``Params.py`` and its TikTok command): 64-d, one layer, T = 5, noise
-    scale 0.1 in [1e-4, 0.02], 1000-wide denoisers with a 10-d step embedding, ``e_loss`` 0.1, keep rate 0.5,
+    scale 0.1 in [1e-4, 0.02], 1000-wide denoisers with a 10-d step embedding, ``e_loss`` 0.1, ``rebuild_k`` 5, keep rate 0.5,
     ``ris_adj_lambda`` 0.2, ``ris_lambda`` 0.5, ``ssl_reg`` 0.01, temperature 0.5, every node a negative.
 
     Where this runs DiffMM's method differently (engineering, not modelling):
@@ -57,7 +57,7 @@ class DiffMM(DASRec):
         contrast_with: ``modalities`` contrasts each pair of modality views (DiffMM's default, ``cl_method``
             0); ``main`` contrasts each modality view with the main representation (``cl_method`` 1, its
             TikTok command).
-        graph_top_k: DiffMM's ``rebuild_k``, edges per user in each generated graph.
+        graph_top_k: DiffMM's ``rebuild_k`` (5), edges per user in each generated graph.
         Other arguments: as :class:`~lit_mmrec.models.DASRec`'s of the same name; ``**kwargs`` go to
         :class:`~lit_mmrec.models.base.RecommenderModule` (``reg_weight``, ``optimizer``, ...).
     """
@@ -79,7 +79,7 @@ class DiffMM(DASRec):
         denoiser_precision: ProductPrecision = "float32",
         diffusion_batch_size: int | None = 1024,
         lambda_msi: float = 0.1,
-        graph_top_k: int = 1,
+        graph_top_k: int = 5,
         graph_keep_rate: float = 0.5,
         rebuild_batch_size: int = 2048,
         modality_graph_weight: float = 0.2,

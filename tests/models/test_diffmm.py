@@ -101,7 +101,7 @@ def test_diffmm_trains_and_restores_from_its_own_hyperparameters(tiny_datamodule
     trainer.fit(model, datamodule=tiny_datamodule)
     metrics = trainer.logged_metrics
     assert {"train/bpr_loss", "train/cl_loss", "train/diffusion_loss", "train/msi_loss"} <= set(metrics)
-    assert all(metrics[f"train/graph_edges_{m}"] == model.n_users for m in model.modalities)
+    assert all(metrics[f"train/graph_edges_{m}"] == 5 * model.n_users for m in model.modalities)  # rebuild_k 5
     path = tmp_path / "diffmm.ckpt"
     trainer.save_checkpoint(path)
     validated = trainer.validate(model, datamodule=tiny_datamodule, verbose=False)[0]["val/recall@20"]
