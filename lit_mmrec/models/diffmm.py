@@ -52,6 +52,9 @@ class DiffMM(DASRec):
         * One noise draw per row is shared by the modalities' denoisers (DiffMM draws one per denoiser).
         * Evaluation uses the generated graphs without edge dropout (DiffMM evaluates on the dropped ones).
         * Batches are built from sparse rows; no users x items matrix is ever held (DiffMM's code is dense).
+        * Steps without a diffusion batch leave the denoisers without gradients, so DDP needs
+          ``strategy: ddp_find_unused_parameters_true`` with ``diffusion_batch_size`` set (the model says so
+          when fitting starts); ``diffusion_batch_size: null`` spreads the users over every step instead.
 
     Args:
         contrast_with: ``modalities`` contrasts each pair of modality views (DiffMM's default, ``cl_method``
