@@ -158,6 +158,9 @@ class DASRec(RecommenderModule):
           denoisers and the attention without gradients, so DDP needs
           ``strategy: ddp_find_unused_parameters_true`` (the model says so at the start of fitting).
         * ``reweight_steps``: eq 16 is unweighted (default); True uses DiffMM's SNR(t-1) - SNR(t) weights.
+        * ``first_step_noise``: None (default) keeps eq 6's first step, ``s * gamma_min``; a value replaces it
+          and keeps the later steps' ratios (DiffMM's code fixes its first beta at 1e-4;
+          :func:`~lit_mmrec.models.components.diffusion.linear_noise_schedule`).
         * Eq 16 and 20 are squared norms; both losses average instead (DiffMM's ``mean_flat``): eq 16 over
           the n_items entries of a row, eq 20 over the d embedding columns, then over the batch. Under Adam
           only their ratio matters to the denoisers (no other loss reaches them), so the paper's sums equal
@@ -210,6 +213,7 @@ class DASRec(RecommenderModule):
         noise_scale: float = 0.3,
         noise_min: float = 0.0001,
         noise_max: float = 0.02,
+        first_step_noise: float | None = None,
         sampling_steps: int = 0,
         reweight_steps: bool = False,
         denoiser_hidden: int = 1000,
@@ -291,7 +295,8 @@ class DASRec(RecommenderModule):
             nn.init.zeros_(projection.bias)
         self.modality_logits = nn.Parameter(torch.full((len(self.modalities),), 1.0 / len(self.modalities)))
         if use_diffusion_graphs:
-            self.diffusion = GaussianDiffusion(linear_noise_schedule(diffusion_steps, noise_scale, noise_min, noise_max))
+            self.diffusion = GaussianDiffusion(linear_noise_schedule(diffusion_steps, noise_scale, noise_min, noise_max,
+                                                                     first_step_noise))
             self.denoisers = nn.ModuleDict({
                 m: MLPDenoiser(n_items, denoiser_hidden, denoiser_time_dim, denoiser_dropout,
                                 precision=denoiser_precision) for m in self.modalities

@@ -23,7 +23,8 @@ class DiffMM(DASRec):
     ================================  =========================================  ===============================
     part                              DASRec                                     DiffMM (here)
     ================================  =========================================  ===============================
-    forward noise                     scaled by the user's sparsity (eq 3-6)     one schedule for every user
+    forward noise                     scaled by the user's sparsity (eq 3-6)     one schedule for every user,
+                                                                                 first step's noise 1e-4
     x0 objective (eq 16)              unweighted (configurable)                  DiffMM's SNR(t-1) - SNR(t)
                                                                                  step weights
     signal injection                  per modality + attention-fused path        per modality only
@@ -61,6 +62,8 @@ class DiffMM(DASRec):
             0); ``main`` contrasts each modality view with the main representation (``cl_method`` 1, its
             TikTok command).
         graph_top_k: DiffMM's ``rebuild_k`` (5), edges per user in each generated graph.
+        first_step_noise: the first diffusion step's noise ``1 - gamma_1``; DiffMM's code builds its betas
+            from the linear schedule, then sets the first to 1e-4 (``beta_fixed``) instead of ``s * gamma_min``.
         Other arguments: as :class:`~lit_mmrec.models.DASRec`'s of the same name; ``**kwargs`` go to
         :class:`~lit_mmrec.models.base.RecommenderModule` (``reg_weight``, ``optimizer``, ...).
     """
@@ -76,6 +79,7 @@ class DiffMM(DASRec):
         noise_scale: float = 0.1,
         noise_min: float = 0.0001,
         noise_max: float = 0.02,
+        first_step_noise: float | None = 0.0001,
         denoiser_hidden: int = 1000,
         denoiser_time_dim: int = 10,
         denoiser_dropout: float = 0.5,
@@ -99,7 +103,8 @@ class DiffMM(DASRec):
         super().__init__(
             n_users, n_items, feature_dims=feature_dims, embedding_dim=embedding_dim, n_layers=n_layers,
             use_diffusion_graphs=True, sparsity_scaled_noise=False, diffusion_steps=diffusion_steps,
-            noise_scale=noise_scale, noise_min=noise_min, noise_max=noise_max, sampling_steps=0,
+            noise_scale=noise_scale, noise_min=noise_min, noise_max=noise_max,
+            first_step_noise=first_step_noise, sampling_steps=0,
             reweight_steps=True, denoiser_hidden=denoiser_hidden, denoiser_time_dim=denoiser_time_dim,
             denoiser_dropout=denoiser_dropout, denoiser_precision=denoiser_precision,
             diffusion_batch_size=diffusion_batch_size, use_modality_attention=False, lambda_msi=lambda_msi,

@@ -41,6 +41,7 @@ def test_diffmm_leaves_out_what_dasrec_adds(tiny_datamodule):
     assert not model.sparsity_scaled_noise and model.row_scale(torch.arange(4)) is None  # one schedule for all
     assert not hasattr(model, "attention") and not model.fused_signal_injection
     assert model.similarity_threshold == float("-inf") and model.reweight_steps
+    assert model.diffusion.noise_bar[0].item() == pytest.approx(1e-4, rel=1e-6)  # DiffMM's fixed first beta
     assert (model.use_modality_anchor, model.use_main_anchor) == (True, False)  # cl_method 0
     main = build(tiny_datamodule, contrast_with="main")
     assert (main.use_modality_anchor, main.use_main_anchor) == (False, True)  # cl_method 1
@@ -59,10 +60,16 @@ def test_diffusion_objective_has_diffmm_step_weights_and_per_modality_signal_inj
     torch.manual_seed(3)
     diffusion_loss, signal_loss = model.diffusion_losses(users)
 
-    # 1 - gamma_bar_t = s * linspace(g_min, g_max, T)[t - 1]; SNR = gamma_bar / (1 - gamma_bar);
-    # DiffMM weighs a row noised to step t by SNR(t - 1) - SNR(t), and by 1 at the first step
-    noise_bar = [scale * (g_min + k * (g_max - g_min) / (steps - 1)) for k in range(steps)]
-    snr = [(1 - v) / v for v in noise_bar]
+    # DiffMM's schedule: betas from v_t = s * linspace(g_min, g_max, T)[t - 1], the first set to 1e-4,
+    # gamma_bar = cumprod(1 - beta); SNR = gamma_bar / (1 - gamma_bar); a row noised to step t weighs
+    # SNR(t - 1) - SNR(t), and 1 at the first step
+    v = [scale * (g_min + k * (g_max - g_min) / (steps - 1)) for k in range(steps)]
+    betas = [1e-4] + [1 - (1 - v[k]) / (1 - v[k - 1]) for k in range(1, steps)]
+    gamma_bar, product = [], 1.0
+    for beta in betas:
+        product *= 1 - beta
+        gamma_bar.append(product)
+    snr = [g / (1 - g) for g in gamma_bar]
     weight = {1: 1.0, **{t: snr[t - 2] - snr[t - 1] for t in range(2, steps + 1)}}
     t = model.denoisers[model.modalities[0]].steps[0]
     assert all(torch.equal(model.denoisers[m].steps[0], t) for m in model.modalities)  # one draw, shared

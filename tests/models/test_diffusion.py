@@ -32,6 +32,22 @@ def test_small_noise_levels_keep_their_precision():
     torch.testing.assert_close(diffusion.noise_bar, expected, rtol=1e-6, atol=0.0)
     terms = diffusion.step_terms(torch.tensor([1, 2]))
     torch.testing.assert_close(terms.noise_bar.squeeze(1), expected[:2], rtol=1e-6, atol=0.0)
+
+
+def test_first_step_noise_is_diffmm_fixed_first_beta():
+    """DiffMM: betas from the linear schedule (beta_1 = v_1, beta_t = 1 - (1 - v_t) / (1 - v_{t-1})), then
+    beta_1 := 1e-4; gamma_bar_t = prod (1 - beta)."""
+    v = [0.1 * (0.0001 + k * (0.02 - 0.0001) / 4) for k in range(5)]
+    betas = [1e-4] + [1 - (1 - v[t]) / (1 - v[t - 1]) for t in range(1, 5)]
+    expected, product = [], 1.0
+    for beta in betas:
+        product *= 1 - beta
+        expected.append(product)
+    gamma_bar = linear_noise_schedule(5, 0.1, 0.0001, 0.02, first_step_noise=1e-4)
+    torch.testing.assert_close(gamma_bar, torch.tensor(expected, dtype=torch.float64))
+    torch.testing.assert_close(1 - gamma_bar, 1 - torch.tensor(expected, dtype=torch.float64), rtol=1e-9, atol=0.0)
+    with pytest.raises(ValueError, match="first_step_noise"):
+        linear_noise_schedule(5, 0.1, 0.0001, 0.02, first_step_noise=0.0)
     with pytest.raises(ValueError):
         linear_noise_schedule(steps=5, noise_scale=1.5, noise_min=0.1, noise_max=0.2)
 

@@ -12,13 +12,19 @@ from torch import nn
 from lit_mmrec.models.components.precision import PRODUCT_ROW_MULTIPLE, ProductPrecision, compute_dtype, pad_rows
 
 
-def linear_noise_schedule(steps: int, noise_scale: float, noise_min: float, noise_max: float) -> torch.Tensor:
+def linear_noise_schedule(steps: int, noise_scale: float, noise_min: float, noise_max: float,
+                          first_step_noise: float | None = None) -> torch.Tensor:
     """``1 - gamma_bar_t = s * (gamma_min + (t - 1) / (T - 1) * (gamma_max - gamma_min))``, t = 1..T.
 
     Returns ``gamma_bar`` [T] in float64 (DiffCL eq 11, DASRec eq 6 without the user sparsity factor).
     With T = 1 the single step uses ``gamma_min``. Float64, because ``1 - gamma_bar`` is as small as
     ``s * gamma_min`` (1e-5 at DiffMM's defaults), which a float32 ``gamma_bar`` near 1 keeps only to
     about 0.1%; :class:`GaussianDiffusion` takes its complements from this before storing float32.
+
+    ``first_step_noise`` replaces the first step's noise ``1 - gamma_1`` and keeps the later steps' own
+    ``gamma_t = gamma_bar_t / gamma_bar_{t-1}``, so ``gamma_bar_t = (1 - first_step_noise) gamma_bar_t /
+    gamma_bar_1``: DiffMM's code builds its betas from this schedule and then sets the first to 1e-4
+    (``beta_fixed``), ten times its ``s * gamma_min`` of 1e-5 at the defaults.
     """
     if steps < 1:
         raise ValueError(f"diffusion steps must be >= 1, got {steps}")
@@ -29,7 +35,12 @@ def linear_noise_schedule(steps: int, noise_scale: float, noise_min: float, nois
         )
     fraction = torch.linspace(0.0, 1.0, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
     one_minus_bar = noise_scale * (noise_min + fraction * (noise_max - noise_min))
-    return 1.0 - one_minus_bar
+    gamma_bar = 1.0 - one_minus_bar
+    if first_step_noise is not None:
+        if not 0.0 < first_step_noise < 1.0:
+            raise ValueError(f"first_step_noise must be in (0, 1), got {first_step_noise}")
+        gamma_bar = gamma_bar * ((1.0 - first_step_noise) / gamma_bar[0])
+    return gamma_bar
 
 
 def _posterior(noise_bar: torch.Tensor, noise_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
