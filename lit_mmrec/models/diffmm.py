@@ -40,9 +40,10 @@ class DiffMM(DASRec):
     for graph generation, edge dropout on the generated graphs (``graph_keep_rate``), the aggregation
     ``A [E_u; e^m] + A [(A [E_u; e^m])_u; E_i] + modality_graph_weight * G^m E`` with softmax modality
     weights and the ``omega``-weighted normalised residual (DiffMM's ``forward_MM``), L2 on the whole ID
-    tables. Defaults are DiffMM's (``Params.py`` and its TikTok command): 64-d, one layer, T = 5, noise
-    scale 0.1 in [1e-4, 0.02], 1000-wide denoisers with a 10-d step embedding, ``e_loss`` 0.1, ``rebuild_k`` 5, keep rate 0.5,
-    ``ris_adj_lambda`` 0.2, ``ris_lambda`` 0.5, ``ssl_reg`` 0.01, temperature 0.5, every node a negative.
+    tables. Defaults are those of DiffMM's ``Params.py``: 64-d, one layer, T = 5, noise scale 0.1 in
+    [1e-4, 0.02], 1000-wide denoisers with a 10-d step embedding, ``e_loss`` 0.1, ``rebuild_k`` 5, keep
+    rate 0.5, ``ris_adj_lambda`` 0.2, ``ris_lambda`` 0.5, ``ssl_reg`` 0.01, temperature 0.5, L2 1e-5, every
+    node a negative. Its per-dataset commands are the experiment configs (``configs/experiment/diffmm_*``).
 
     Where this runs DiffMM's method differently (engineering, not modelling):
         * DiffMM trains the denoisers in a separate pass over all users at the start of each epoch, with
@@ -51,7 +52,9 @@ class DiffMM(DASRec):
           (``diffusion_batch_size``, DiffMM's 1,024 users) are interleaved with the recommendation steps
           under one Adam optimiser; the denoisers' inputs are detached, so their losses train only them.
         * One noise draw per row is shared by the modalities' denoisers (DiffMM draws one per denoiser).
-        * Evaluation uses the generated graphs without edge dropout (DiffMM evaluates on the dropped ones).
+        * Edge dropout keeps or drops an edge's two directions together (DiffMM draws each stored entry,
+          self-loops included, on its own), and evaluation uses the generated graphs without it (DiffMM
+          evaluates on the dropped ones).
         * Batches are built from sparse rows; no users x items matrix is ever held (DiffMM's code is dense).
         * Steps without a diffusion batch leave the denoisers without gradients, so DDP needs
           ``strategy: ddp_find_unused_parameters_true`` with ``diffusion_batch_size`` set (the model says so
@@ -64,8 +67,9 @@ class DiffMM(DASRec):
         graph_top_k: DiffMM's ``rebuild_k`` (5), edges per user in each generated graph.
         first_step_noise: the first diffusion step's noise ``1 - gamma_1``; DiffMM's code builds its betas
             from the linear schedule, then sets the first to 1e-4 (``beta_fixed``) instead of ``s * gamma_min``.
+        reg_weight: weight of the L2 on the whole ID tables (DiffMM's ``reg``).
         Other arguments: as :class:`~lit_mmrec.models.DASRec`'s of the same name; ``**kwargs`` go to
-        :class:`~lit_mmrec.models.base.RecommenderModule` (``reg_weight``, ``optimizer``, ...).
+        :class:`~lit_mmrec.models.base.RecommenderModule` (``optimizer``, ``scheduler``).
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class DiffMM(DASRec):
         contrast_with: ContrastAnchor = "modalities",
         contrastive_negatives: ContrastiveNegatives = "all",
         contrastive_precision: ProductPrecision = "float32",
+        reg_weight: float = 1e-5,
         **kwargs: Any,
     ) -> None:
         if contrast_with not in ("modalities", "main"):
@@ -113,7 +118,7 @@ class DiffMM(DASRec):
             rebuild_batch_size=rebuild_batch_size, modality_graph_weight=modality_graph_weight, omega=omega,
             lambda_cl=lambda_cl, tau=tau, use_modality_anchor=contrast_with == "modalities",
             use_main_anchor=contrast_with == "main", contrastive_negatives=contrastive_negatives,
-            contrastive_precision=contrastive_precision, **kwargs)
+            contrastive_precision=contrastive_precision, reg_weight=reg_weight, **kwargs)
         # the saved hyperparameters are this class's arguments, without the DASRec ones it fixes, so that
         # load_from_checkpoint passes DiffMM what DiffMM takes
         fixed = set(inspect.signature(DASRec.__init__).parameters) - set(inspect.signature(DiffMM.__init__).parameters)
