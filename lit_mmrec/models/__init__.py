@@ -1,4 +1,4 @@
-"""Recommender LightningModules: the shared base, the baselines (DiffMM, which DASRec extends, among them), DiffCL and DASRec."""
+"""Recommender LightningModules: the shared base, the baselines (DiffMM among them), DiffCL and DASRec."""
 
 from lit_mmrec.models.base import RecommenderModule
 from lit_mmrec.models.bpr import BPRMF

@@ -48,7 +48,8 @@ class DiffMM(DASRec):
     Where this runs DiffMM's method differently (engineering, not modelling):
         * DiffMM trains the denoisers in a separate pass over all users at the start of each epoch, with
           their own Adam optimisers, then rebuilds the graphs, then trains the recommender. Here graphs are
-          rebuilt at the start of each epoch from the denoisers as they stand, and the diffusion batches
+          rebuilt at the start of each epoch from the denoisers as they stand (one diffusion pass behind
+          DiffMM's), and the diffusion batches
           (``diffusion_batch_size``, DiffMM's 1,024 users) are interleaved with the recommendation steps
           under one Adam optimiser; the denoisers' inputs are detached, so their losses train only them.
         * One noise draw per row is shared by the modalities' denoisers (DiffMM draws one per denoiser).
