@@ -73,3 +73,30 @@ def validation_recall_before_and_after(model, datamodule: RecDataModule, tmp_pat
     before = trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/recall@10"]
     trainer.fit(model, datamodule=datamodule)
     return before, trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/recall@10"]
+
+
+def diffmm_gamma_bar(steps: int, scale: float, noise_min: float, noise_max: float, first_beta: float = 1e-4
+                     ) -> list[float]:
+    """DiffMM's schedule by hand: betas from ``v_t = s * linspace(noise_min, noise_max, T)[t - 1]``
+    (``beta_1 = v_1``, ``beta_t = 1 - (1 - v_t) / (1 - v_{t-1})``), the first then set to ``first_beta``
+    (its ``beta_fixed``); ``gamma_bar_t = prod_{k <= t} (1 - beta_k)``."""
+    v = [scale * (noise_min + k * (noise_max - noise_min) / (steps - 1)) for k in range(steps)]
+    betas = [first_beta] + [1 - (1 - v[k]) / (1 - v[k - 1]) for k in range(1, steps)]
+    gamma_bar, product = [], 1.0
+    for beta in betas:
+        product *= 1 - beta
+        gamma_bar.append(product)
+    return gamma_bar
+
+
+class EchoDenoiser(torch.nn.Module):
+    """A "denoiser" that returns a fixed prediction and records the steps it was asked about."""
+
+    def __init__(self, prediction: torch.Tensor) -> None:
+        super().__init__()
+        self.prediction = prediction
+        self.steps: list[torch.Tensor] = []
+
+    def forward(self, x_t, t, input_dropout=True):
+        self.steps.append(t)
+        return self.prediction

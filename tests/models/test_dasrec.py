@@ -16,7 +16,7 @@ from lit_mmrec.models import DASRec
 from lit_mmrec.models.components import info_nce, info_nce_against
 from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, fast_reverse, linear_noise_schedule
 from lit_mmrec.models.dasrec import ModalityAttention, diffusion_plan
-from tests.conftest import assert_only_contrastive_term_rounded, paired_losses
+from tests.conftest import EchoDenoiser, assert_only_contrastive_term_rounded, paired_losses
 
 
 def build(datamodule: RecDataModule, **kwargs) -> DASRec:
@@ -95,17 +95,9 @@ def test_diffusion_objective_is_eq_16_x0_mse(tiny_datamodule, signal_features):
     model = build(tiny_datamodule, denoiser_dropout=0.0, signal_features=signal_features)
     users = torch.tensor([0, 3, 7])
 
-    class Echo(torch.nn.Module):  # a "denoiser" that returns a fixed prediction
-        def __init__(self, prediction):
-            super().__init__()
-            self.prediction = prediction
-
-        def forward(self, x_t, t, input_dropout=True):
-            return self.prediction
-
     x0 = model.user_rows(users)
     predictions = {m: torch.rand_like(x0) for m in model.modalities}
-    model.denoisers = torch.nn.ModuleDict({m: Echo(p) for m, p in predictions.items()})
+    model.denoisers = torch.nn.ModuleDict({m: EchoDenoiser(p) for m, p in predictions.items()})
     diffusion_loss, signal_loss = model.diffusion_losses(users)
     expected = sum((p - x0).pow(2).mean() for p in predictions.values())
     torch.testing.assert_close(diffusion_loss, expected)

@@ -11,6 +11,7 @@ import torch
 from lit_mmrec.data import RecDataModule
 from lit_mmrec.metrics import RankingEvaluator
 from lit_mmrec.models import DASRec, DiffMM
+from tests.conftest import EchoDenoiser, diffmm_gamma_bar
 
 
 def build(datamodule: RecDataModule, **kwargs) -> DiffMM:
@@ -21,19 +22,6 @@ def build(datamodule: RecDataModule, **kwargs) -> DiffMM:
     model.graphs = datamodule.graphs
     model.on_graphs_ready()
     return model
-
-
-class Echo(torch.nn.Module):
-    """A "denoiser" that returns a fixed prediction and records the steps it was asked about."""
-
-    def __init__(self, prediction: torch.Tensor) -> None:
-        super().__init__()
-        self.prediction = prediction
-        self.steps: list[torch.Tensor] = []
-
-    def forward(self, x_t, t, input_dropout=True):
-        self.steps.append(t)
-        return self.prediction
 
 
 def test_diffmm_leaves_out_what_dasrec_adds(tiny_datamodule):
@@ -56,19 +44,14 @@ def test_diffusion_objective_has_diffmm_step_weights_and_per_modality_signal_inj
     users = torch.tensor([0, 3, 7, 8, 11])
     x0 = model.user_rows(users)
     predictions = {m: torch.rand_like(x0) for m in model.modalities}
-    model.denoisers = torch.nn.ModuleDict({m: Echo(p) for m, p in predictions.items()})
+    model.denoisers = torch.nn.ModuleDict({m: EchoDenoiser(p) for m, p in predictions.items()})
     torch.manual_seed(3)
     diffusion_loss, signal_loss = model.diffusion_losses(users)
 
     # DiffMM's schedule: betas from v_t = s * linspace(g_min, g_max, T)[t - 1], the first set to 1e-4,
     # gamma_bar = cumprod(1 - beta); SNR = gamma_bar / (1 - gamma_bar); a row noised to step t weighs
     # SNR(t - 1) - SNR(t), and 1 at the first step
-    v = [scale * (g_min + k * (g_max - g_min) / (steps - 1)) for k in range(steps)]
-    betas = [1e-4] + [1 - (1 - v[k]) / (1 - v[k - 1]) for k in range(1, steps)]
-    gamma_bar, product = [], 1.0
-    for beta in betas:
-        product *= 1 - beta
-        gamma_bar.append(product)
+    gamma_bar = diffmm_gamma_bar(steps, scale, g_min, g_max, first_beta=1e-4)
     snr = [g / (1 - g) for g in gamma_bar]
     weight = {1: 1.0, **{t: snr[t - 2] - snr[t - 1] for t in range(2, steps + 1)}}
     t = model.denoisers[model.modalities[0]].steps[0]

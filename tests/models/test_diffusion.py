@@ -14,6 +14,7 @@ from lit_mmrec.models.components.diffusion import (
     linear_noise_schedule,
     timestep_embedding,
 )
+from tests.conftest import diffmm_gamma_bar
 
 
 def test_linear_schedule_matches_eq_11():
@@ -37,12 +38,7 @@ def test_small_noise_levels_keep_their_precision():
 def test_first_step_noise_is_diffmm_fixed_first_beta():
     """DiffMM: betas from the linear schedule (beta_1 = v_1, beta_t = 1 - (1 - v_t) / (1 - v_{t-1})), then
     beta_1 := 1e-4; gamma_bar_t = prod (1 - beta)."""
-    v = [0.1 * (0.0001 + k * (0.02 - 0.0001) / 4) for k in range(5)]
-    betas = [1e-4] + [1 - (1 - v[t]) / (1 - v[t - 1]) for t in range(1, 5)]
-    expected, product = [], 1.0
-    for beta in betas:
-        product *= 1 - beta
-        expected.append(product)
+    expected = diffmm_gamma_bar(5, 0.1, 0.0001, 0.02, first_beta=1e-4)
     gamma_bar = linear_noise_schedule(5, 0.1, 0.0001, 0.02, first_step_noise=1e-4)
     torch.testing.assert_close(gamma_bar, torch.tensor(expected, dtype=torch.float64))
     torch.testing.assert_close(1 - gamma_bar, 1 - torch.tensor(expected, dtype=torch.float64), rtol=1e-9, atol=0.0)
