@@ -60,3 +60,20 @@ def test_dasrec_epoch_options_read_as_yaml():
         "diffusion_batch_size": None, "denoiser_precision": "bfloat16"}
     with pytest.raises(SystemExit, match="expected key=value"):
         parse(["denoiser_hidden"])
+
+
+def test_gpu_check_scripts_parse_and_name_what_exists():
+    """benchmarks/gpu: both scripts are valid bash, and every config and benchmark check.sh runs exists."""
+    import re
+    import subprocess
+
+    gpu = REPO_ROOT / "benchmarks" / "gpu"
+    for script in ("prepare.sh", "check.sh"):
+        subprocess.run(["bash", "-n", str(gpu / script)], check=True)
+    text = (gpu / "check.sh").read_text()
+    models = re.search(r"for model in ([a-z ]+); do", text).group(1).split()
+    assert {"diffcl", "dasrec", "lightgcn"} <= set(models)
+    for model in models:
+        assert (REPO_ROOT / "configs" / "experiment" / f"{model}_synthetic.yaml").is_file(), model
+    for path in re.findall(r"(benchmarks/\w+\.py|configs/experiment/\w+\.yaml)", text):
+        assert (REPO_ROOT / path).is_file(), path
