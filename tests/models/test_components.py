@@ -34,6 +34,21 @@ def test_sparse_matmul_matches_dense_including_gradient():
     torch.testing.assert_close(x.grad, x_ref.grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["csr", "coo"])
+def test_sparse_products_by_hand_with_empty_rows_and_strided_inputs(dtype, layout):
+    # rows 1 and 3 have no entries; the CPU CSR path sums rows as weighted bags, COO goes through addmm
+    a = torch.tensor([[0.5, 0.0, 2.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=dtype)
+    sparse = a.to_sparse_csr() if layout == "csr" else a.to_sparse_coo()
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]], dtype=dtype).T.contiguous().T  # strided
+    assert not x.is_contiguous()
+    expected = torch.tensor([[14.5, 17.0, 19.5], [0.0, 0.0, 0.0], [4.0, 5.0, 6.0], [0.0, 0.0, 0.0]], dtype=dtype)
+    torch.testing.assert_close(sparse_matmul(sparse, x, sparse.t() if layout == "coo" else a.T.to_sparse_csr()), expected)
+    empty = torch.zeros(4, 3, dtype=dtype).to_sparse_csr()
+    torch.testing.assert_close(sparse_matmul(empty, x, torch.zeros(3, 4, dtype=dtype).to_sparse_csr()),
+                               torch.zeros(4, 3, dtype=dtype))
+
+
 def test_propagate_and_combine():
     a = torch.tensor([[0.0, 0.5], [0.5, 0.0]])
     e = torch.tensor([[1.0], [3.0]])

@@ -5,18 +5,31 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
+
+_BAG_DTYPES = (torch.float32, torch.float64)  # weighted embedding_bag sums on CPU
 
 LayerCombination = Literal["mean", "sum"]
 
 
 def _spmm(adjacency: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-    """``adjacency @ dense`` written straight into a fresh, uninitialised output.
+    """``adjacency @ dense`` for a sparse ``adjacency``, into a fresh output.
 
-    ``beta=0`` makes the product ignore the output's contents, so the zero fill that ``torch.sparse.mm``
-    does first is skipped (10-25% faster on CPU for Baby's graph); the in-place ``addmm_`` also skips
-    the copy of its input into a new result that the functional ``torch.addmm`` makes for a sparse
-    CSR operand (a full n x d copy per product: 2.2 against 3.7 ms for TikTok's 16,018 x 64, one thread).
+    On CPU, for a CSR ``adjacency`` whose values have ``dense``'s dtype, the product runs as a weighted
+    ``embedding_bag`` sum: row i of the result is ``sum_j a_ij dense[j]`` over row i's entries, the
+    CSR arrays being exactly the bag's indices, offsets and per-entry weights. That kernel (FBGEMM's
+    on x86) is 2.5-4x faster than torch's CSR product for the graphs here (TikTok's 16,018-node
+    adjacency with 119,082 entries times 384 columns: 12-16 against 55-64 ms on the development CPU's
+    2 threads, measured with other jobs running), the same sum up to float rounding.
+
+    Elsewhere (CUDA, COO inputs, other dtypes) ``addmm_`` with ``beta=0`` writes into an uninitialised
+    output: it skips the zero fill that ``torch.sparse.mm`` does first and the copy of its input that
+    the functional ``torch.addmm`` makes for a CSR operand.
     """
+    if (dense.device.type == "cpu" and adjacency.layout == torch.sparse_csr and dense.dim() == 2
+            and adjacency.values().dtype == dense.dtype and dense.dtype in _BAG_DTYPES):
+        return F.embedding_bag(adjacency.col_indices(), dense.contiguous(), adjacency.crow_indices(), mode="sum",
+                               per_sample_weights=adjacency.values(), include_last_offset=True)
     out = dense.new_empty(adjacency.shape[0], dense.shape[1])
     return out.addmm_(adjacency, dense, beta=0)
 
@@ -119,7 +132,7 @@ class _PropagatedRows(torch.autograd.Function):
                 if out is not None:
                     out += layer.index_select(0, rows)
             last_rows = csr_rows(adjacency, rows)  # the last layer, at the selected rows only
-            out = _spmm(last_rows, layer) if out is None else out.addmm_(last_rows, layer)
+            out = _spmm(last_rows, layer) if out is None else out.add_(_spmm(last_rows, layer))
         if how == "mean":
             out /= n_layers + 1
         ctx.adjacency_t, ctx.n_layers, ctx.how = adjacency_t, n_layers, how
