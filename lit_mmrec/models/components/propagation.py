@@ -13,7 +13,8 @@ LayerCombination = Literal["mean", "sum"]
 
 
 def _spmm(adjacency: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-    """``adjacency @ dense`` for a sparse ``adjacency``, into a fresh output.
+    """``adjacency @ dense`` for a sparse ``adjacency``, into a fresh output, without autograd (the
+    callers are autograd Functions that define the products' gradients).
 
     On CPU, for a CSR ``adjacency`` whose values have ``dense``'s dtype, the product runs as a weighted
     ``embedding_bag`` sum: row i of the result is ``sum_j a_ij dense[j]`` over row i's entries, the
@@ -28,8 +29,10 @@ def _spmm(adjacency: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
     """
     if (dense.device.type == "cpu" and adjacency.layout == torch.sparse_csr and dense.dim() == 2
             and adjacency.values().dtype == dense.dtype and dense.dtype in _BAG_DTYPES):
-        return F.embedding_bag(adjacency.col_indices(), dense.contiguous(), adjacency.crow_indices(), mode="sum",
-                               per_sample_weights=adjacency.values(), include_last_offset=True)
+        # detached: a table that requires grad sends embedding_bag down its slower autograd-ready path
+        # (10% here), and gradients of these products are the callers' (_SparseMatmul, _PropagatedRows)
+        return F.embedding_bag(adjacency.col_indices(), dense.detach().contiguous(), adjacency.crow_indices(),
+                               mode="sum", per_sample_weights=adjacency.values(), include_last_offset=True)
     out = dense.new_empty(adjacency.shape[0], dense.shape[1])
     return out.addmm_(adjacency, dense, beta=0)
 
