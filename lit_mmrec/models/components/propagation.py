@@ -18,10 +18,11 @@ def _spmm(adjacency: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
 
     On CPU, for a CSR ``adjacency`` whose values have ``dense``'s dtype, the product runs as a weighted
     ``embedding_bag`` sum: row i of the result is ``sum_j a_ij dense[j]`` over row i's entries, the
-    CSR arrays being exactly the bag's indices, offsets and per-entry weights. That kernel (FBGEMM's
-    on x86) is 2.5-4x faster than torch's CSR product for the graphs here (TikTok's 16,018-node
-    adjacency with 119,082 entries times 384 columns: 12-16 against 55-64 ms on the development CPU's
-    2 threads, measured with other jobs running), the same sum up to float rounding.
+    CSR arrays being exactly the bags' indices, offsets and per-entry weights. That kernel (FBGEMM's
+    on x86) is 1.6-2.7x faster than torch's CSR product for the graphs here: TikTok's 16,018-node
+    adjacency with 119,082 entries times a 384-wide table, 3.4 against 5.3 ms; 64 wide, 0.25 against
+    0.67 ms (2 threads of the development CPU, ``benchmarks/sparse_products.py``), the same sums up to
+    float rounding. Under load the gap widens (12-16 against 55-64 ms for the 384-wide product).
 
     Elsewhere (CUDA, COO inputs, other dtypes) ``addmm_`` with ``beta=0`` writes into an uninitialised
     output: it skips the zero fill that ``torch.sparse.mm`` does first and the copy of its input that
