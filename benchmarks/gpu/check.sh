@@ -2,9 +2,9 @@
 # One-shot accelerator check for issues 2 and 3: CUDA paths of every model, then TikTok epoch times.
 # Run `bash benchmarks/gpu/prepare.sh` first (here), then on the accelerator machine, in one call:
 #   run(command="bash benchmarks/gpu/check.sh", carry=[".whl", ".devdata"], timeout_s=540)
-# Results land in $OUT (or the folder given as $1) as seven files, under the device tool's limit of eight:
-# summary.txt (versions, and each step's status and seconds), fits.log (every model's synthetic fit on the
-# device), dense_products.json, and diffcl_/dasrec_tiktok_{float32,bfloat16}.json (epoch times).
+# Results land in $OUT (or the folder given as $1) as eight files, the device tool's limit: summary.txt
+# (versions, and each step's status and seconds), fits.log (every model's synthetic fit on the device),
+# dense_products.json, diffcl_/dasrec_tiktok_{float32,bfloat16}.json (epoch times) and stderr.log.
 # A dry run on a CPU, with the same steps at one epoch each:  DEVICE=cpu EPOCHS=1 bash benchmarks/gpu/check.sh /tmp/gpu_dry
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -23,27 +23,33 @@ if [ "$device" = cuda ]; then accelerator=gpu; else accelerator=cpu; fi
 summary="$out/summary.txt"
 rm -f "$out"/*.txt "$out"/*.log "$out"/*.json
 
-step() {  # step FILE COMMAND...: run one step, append its output to FILE, note its status and seconds
-  local name=$1; shift
-  local start=$SECONDS
-  [[ $name == *.log ]] && echo "==== $*" >> "$out/$name"
-  "$@" >> "$out/$name" 2>&1
-  local rc=$?
-  echo "$name ($*): rc=$rc, $((SECONDS - start)) s" | tee -a "$summary.steps"
+step() {  # step FILE LABEL COMMAND...: run one step into FILE, note its status and seconds in summary.txt
+  # a .json step keeps stdout (the report) in FILE and its stderr in stderr.log; other steps append both
+  local name=$1 label=$2; shift 2
+  local start=$SECONDS rc
+  if [[ $name == *.json ]]; then
+    echo "==== $name: $*" >> "$out/stderr.log"
+    "$@" > "$out/$name" 2>> "$out/stderr.log"
+  else
+    echo "==== $*" >> "$out/$name"
+    "$@" >> "$out/$name" 2>&1
+  fi
+  rc=$?
+  echo "$label: rc=$rc, $((SECONDS - start)) s" | tee -a "$summary.steps"
 }
 
-step summary.txt python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__); print('cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+step summary.txt versions python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__); print('cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 # every model's training, validation and test steps on the device (synthetic data, one epoch)
 for model in lightgcn bpr vbpr freedom diffcl dasrec diffmm; do
-  step fits.log python3 -m lit_mmrec.cli fit --config "configs/experiment/${model}_synthetic.yaml" \
+  step fits.log "fit $model" python3 -m lit_mmrec.cli fit --config "configs/experiment/${model}_synthetic.yaml" \
     --trainer.accelerator "$accelerator" --trainer.max_epochs 1 --trainer.logger false --trainer.enable_progress_bar false
 done
-step dense_products.json python3 benchmarks/dense_products.py --device "$device"
+step dense_products.json "dense products" python3 benchmarks/dense_products.py --device "$device"
 for precision in float32 bfloat16; do
-  step "diffcl_tiktok_${precision}.json" python3 benchmarks/bench_training.py \
+  step "diffcl_tiktok_${precision}.json" "DiffCL TikTok $precision" python3 benchmarks/bench_training.py \
     --config configs/experiment/diffcl_tiktok.yaml --epochs "$epochs" --val-passes 2 -- \
     --trainer.accelerator "$accelerator" --model.init_args.denoiser_precision "$precision"
-  step "dasrec_tiktok_${precision}.json" python3 benchmarks/bench_dasrec_epoch.py --device "$device" \
+  step "dasrec_tiktok_${precision}.json" "DASRec TikTok $precision" python3 benchmarks/bench_dasrec_epoch.py --device "$device" \
     --epochs "$epochs" embedding_dim=128 denoiser_hidden=1000 "denoiser_precision=$precision"
 done
 cat "$summary.steps" >> "$summary" && rm "$summary.steps"
