@@ -29,11 +29,8 @@ from lit_mmrec.runtime import keep_freed_memory_for_reuse
 WIDTHS = [64, 128, 384]
 
 
-def csr_product(adjacency: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-    """torch's CSR kernel, as lit_mmrec ran it before the embedding_bag path (no zero fill, no input copy)."""
-    return dense.new_empty(adjacency.shape[0], dense.shape[1]).addmm_(adjacency, dense, beta=0)
-
-
+# torch's CSR kernel as lit_mmrec ran every product before the embedding_bag path (and still runs off CPU)
+csr_product = propagation._addmm_product
 KERNELS = {"csr_addmm": csr_product, "embedding_bag": propagation._spmm}
 
 

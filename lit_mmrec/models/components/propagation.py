@@ -34,8 +34,12 @@ def _spmm(adjacency: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         # (10% here), and gradients of these products are the callers' (_SparseMatmul, _PropagatedRows)
         return F.embedding_bag(adjacency.col_indices(), dense.detach().contiguous(), adjacency.crow_indices(),
                                mode="sum", per_sample_weights=adjacency.values(), include_last_offset=True)
-    out = dense.new_empty(adjacency.shape[0], dense.shape[1])
-    return out.addmm_(adjacency, dense, beta=0)
+    return _addmm_product(adjacency, dense)
+
+
+def _addmm_product(adjacency: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``adjacency @ dense`` by torch's sparse kernel, ``addmm_`` into an uninitialised output (see :func:`_spmm`)."""
+    return dense.new_empty(adjacency.shape[0], dense.shape[1]).addmm_(adjacency, dense, beta=0)
 
 
 class _SparseMatmul(torch.autograd.Function):
