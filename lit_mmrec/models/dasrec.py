@@ -26,6 +26,7 @@ from lit_mmrec.models.components import (
     propagate_rows,
     row_block,
     sparse_matmul,
+    squared_norm,
 )
 from lit_mmrec.models.components.diffusion import (
     GaussianDiffusion,
@@ -599,7 +600,7 @@ class DASRec(RecommenderModule):
             u, p, n = final_rows[: 3 * b].split(b)
         losses = {"bpr": bpr_loss((u * p).sum(dim=1), (u * n).sum(dim=1))}  # eq 33-34
         if self.reg_weight > 0:
-            losses["reg"] = self.reg_weight * self.id_embedding.pow(2).sum()  # lambda_2 ||Theta||^2
+            losses["reg"] = self.reg_weight * squared_norm(self.id_embedding)  # lambda_2 ||Theta||^2
         if contrastive and self.contrastive_negatives == "all":
             views = self.contrastive_views(inputs, graphs)
             losses["cl"] = self.lambda_cl * self.contrastive_loss(final, views, users, positives)

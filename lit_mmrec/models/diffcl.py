@@ -19,6 +19,7 @@ from lit_mmrec.models.components import (
     propagate,
     propagate_rows,
     sparse_matmul,
+    squared_norm,
 )
 from lit_mmrec.models.components.diffusion import (
     GaussianDiffusion,
@@ -354,8 +355,9 @@ class DiffCL(RecommenderModule):
         unique_rows = torch.cat([torch.arange(b, n_user_rows, device=rows.device),
                                  torch.arange(n_user_rows + 2 * b, rows.shape[0], device=rows.device)])
         if self.lambda_e > 0:
-            losses["emb"] = self.lambda_e * sum(gather_rows(final_rows[m], unique_rows).pow(2).mean()
-                                                for m in self.modalities)
+            # mean squared entry of each E_m over the batch's unique users and items
+            losses["emb"] = self.lambda_e * sum(squared_norm(rows_m) / rows_m.numel() for rows_m in
+                                                (gather_rows(final_rows[m], unique_rows) for m in self.modalities))
         if self.use_diffusion_cl:
             x0 = {m: gather_rows(encoded_rows[m], unique_rows) for m in self.modalities}
             losses["cl"] = self.lambda_cl * self.contrastive_loss(x0, unique_users.shape[0])

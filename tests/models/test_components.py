@@ -15,6 +15,7 @@ from lit_mmrec.models.components import (
     info_nce_against,
     inner_product_scores,
     l2_regularisation,
+    squared_norm,
     propagate,
     propagate_rows,
     sparse_matmul,
@@ -121,6 +122,16 @@ def test_l2_regularisation_value():
     u = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
     i = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
     assert l2_regularisation(u, i).item() == pytest.approx((5 + 1 + 9 + 2) / (2 * 2))
+
+
+def test_squared_norm_value_and_gradient():
+    x = torch.tensor([[1.0, -2.0, 0.5], [3.0, 0.0, -1.0]], requires_grad=True)
+    value = squared_norm(x.t())  # a non-contiguous view
+    assert value.item() == pytest.approx(1 + 4 + 0.25 + 9 + 0 + 1)
+    (3.0 * value).backward()
+    torch.testing.assert_close(x.grad, 6.0 * x.detach())  # d/dx 3 ||x||^2 = 6 x
+    with pytest.raises(TypeError, match="real"):
+        squared_norm(torch.ones(2, dtype=torch.complex64))
 
 
 def test_info_nce_on_hand_made_views():
