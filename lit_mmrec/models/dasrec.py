@@ -32,7 +32,6 @@ from lit_mmrec.models.components.diffusion import (
     GaussianDiffusion,
     MLPDenoiser,
     fast_reverse,
-    inverted_dropout,
     linear_noise_schedule,
 )
 from lit_mmrec.models.components.precision import ProductPrecision, compute_dtype, warn_if_emulated
@@ -351,8 +350,9 @@ class DASRec(RecommenderModule):
         item_ids = self.id_embedding[self.n_users:].detach()
         structure = torch.sparse.mm(rows, item_ids)  # alpha_0 E_id [B, d], from the sparse rows
         t = torch.randint(1, self.diffusion.steps + 1, (len(users),), device=x0.device)
-        x_t = self.diffusion.q_sample(x0, t, row_scale=scale)  # one draw per row, shared by the modalities
-        x_t = inverted_dropout(x_t, self.denoiser_dropout, self.training)  # DiffMM's input dropout, also shared
+        # one draw per row shared by the modalities, DiffMM's input dropout (also shared) applied to it
+        x_t = self.diffusion.q_sample_rows(rows, t, row_scale=scale,
+                                           dropout=self.denoiser_dropout if self.training else 0.0)
         diffusion_loss = x0.new_zeros(())
         signal_loss = x0.new_zeros(())
         preferences = []

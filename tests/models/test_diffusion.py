@@ -131,6 +131,36 @@ def test_inverted_dropout_keeps_with_probability_one_minus_p_and_rescales():
     assert torch.equal(inverted_dropout(x, 1.0), torch.zeros_like(x))
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_q_sample_rows_is_noising_then_dropout_on_the_dense_rows(dropout, scaled):
+    diffusion = GaussianDiffusion(linear_noise_schedule(5, 0.5, 0.1, 0.5))
+    dense = torch.zeros(4, 7)
+    dense[0, 1], dense[0, 6], dense[2, 3] = 1.0, 2.0, 1.0  # row 1 and row 3 empty
+    rows = dense.to_sparse_csr()
+    t = torch.tensor([1, 5, 3, 2])
+    scale = torch.tensor([0.5, 1.0, 2.0, 1.5]) if scaled else None
+    torch.manual_seed(3)
+    expected = inverted_dropout(diffusion.q_sample(dense, t, row_scale=scale), dropout)
+    torch.manual_seed(3)
+    got = diffusion.q_sample_rows(rows, t, row_scale=scale, dropout=dropout)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+    # by hand, for row 0 at t = 1: sqrt(gamma_bar_1) x_0 + sqrt(1 - gamma_bar_1) eps, 1 - gamma_bar_1 = 0.05 s_u
+    torch.manual_seed(3)
+    eps = torch.randn(4, 7)
+    noise_1 = 0.05 * (0.5 if scaled else 1.0)
+    by_hand = (1 - noise_1) ** 0.5 * dense[0] + noise_1 ** 0.5 * eps[0]
+    kept = got[0] != 0
+    if dropout < 1.0:
+        torch.testing.assert_close(got[0][kept], by_hand[kept] / (1 - dropout))
+    if dropout == 0.0:
+        assert kept.all()
+    if dropout == 1.0:
+        assert not got.any()
+    with pytest.raises(ValueError, match="dropout"):
+        diffusion.q_sample_rows(rows, t, dropout=1.5)
+
+
 def test_fast_tanh_matches_tanh_in_value_and_gradient():
     x = torch.cat([torch.linspace(-30, 30, 2001), torch.tensor([0.0, 1e-6, -1e-6, 80.0, -80.0])])
     x = x.double().float().requires_grad_()
