@@ -6,6 +6,7 @@ exactly as ``DASRec`` runs them inside ``lit_mmrec fit``; also the peak resident
 
     LIT_MMREC_DATA=/path/to/shared/data python benchmarks/bench_dasrec_epoch.py --dataset tiktok \
         embedding_dim=64 denoiser_hidden=128
+    python benchmarks/bench_dasrec_epoch.py --config configs/experiment/dasrec_tiktok.yaml   # the committed config
     python benchmarks/bench_dasrec_epoch.py --sports-scale   # synthetic 35,598 x 18,357 x 296,337
     python benchmarks/bench_dasrec_epoch.py --sports-scale --epochs 1 --max-steps 30   # memory, partial epoch
     python benchmarks/bench_dasrec_epoch.py embedding_dim=128 denoiser_hidden=1000 denoiser_precision=bfloat16
@@ -42,6 +43,23 @@ def parse_options(items: list[str]) -> dict:
     return options
 
 
+def experiment_options(path: str) -> dict:
+    """The DASRec init options of a ``lit_mmrec fit`` config (its ``model.init_args``, or those of the model
+    file it names), without the optimizer and scheduler, which this benchmark sets itself."""
+    with open(path) as handle:
+        config = yaml.safe_load(handle) or {}
+    model = config.get("model")
+    if isinstance(model, str):  # a path to a model file, relative to the config
+        with open(os.path.join(os.path.dirname(os.path.abspath(path)), model)) as handle:
+            model = yaml.safe_load(handle)
+    if not isinstance(model, dict) or not str(model.get("class_path", "")).endswith("DASRec"):
+        raise SystemExit(f"{path}: model.class_path is not lit_mmrec.models.DASRec; pass a DASRec config")
+    options = dict(model.get("init_args") or {})
+    for key in ("optimizer", "scheduler"):
+        options.pop(key, None)
+    return options
+
+
 def main() -> None:
     keep_freed_memory_for_reuse()  # as the lit_mmrec command does
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,6 +70,9 @@ def main() -> None:
                         help="stop each epoch after this many training steps (graph generation always runs in "
                              "full); for memory at scale without a whole epoch's wait")
     parser.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda")
+    parser.add_argument("--config", default=None,
+                        help="take DASRec's options from this lit_mmrec config (e.g. configs/experiment/"
+                             "dasrec_tiktok.yaml); key=value options override them")
     parser.add_argument("options", nargs="*", help="DASRec init options as key=value, values read as YAML")
     args = parser.parse_args()
     if args.sports_scale:
@@ -59,7 +80,7 @@ def main() -> None:
                            modalities={"image": 4096, "text": 384}, seed=0)
     else:
         source = DiffMMPickles(root=os.path.join(os.environ["LIT_MMREC_DATA"], args.dataset), name=args.dataset)
-    options = parse_options(args.options)
+    options = {**(experiment_options(args.config) if args.config else {}), **parse_options(args.options)}
     datamodule = RecDataModule(source, train_batch_size=1024)
     datamodule.setup("fit")
     device = torch.device(args.device)

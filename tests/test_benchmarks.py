@@ -6,6 +6,7 @@ import importlib.util
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import REPO_ROOT
 
@@ -60,6 +61,20 @@ def test_dasrec_epoch_options_read_as_yaml():
         "diffusion_batch_size": None, "denoiser_precision": "bfloat16"}
     with pytest.raises(SystemExit, match="expected key=value"):
         parse(["denoiser_hidden"])
+
+
+def test_dasrec_epoch_options_from_a_config(tmp_path):
+    """--config reads the committed experiment's DASRec options (optimizer dropped); other models are refused."""
+    read = load_script("bench_dasrec_epoch").experiment_options
+    options = read(str(REPO_ROOT / "configs" / "experiment" / "dasrec_tiktok.yaml"))
+    committed = yaml.safe_load((REPO_ROOT / "configs" / "experiment" / "dasrec_tiktok.yaml").read_text())
+    expected = {k: v for k, v in committed["model"]["init_args"].items() if k != "optimizer"}
+    assert options == expected and "optimizer" not in options and options["embedding_dim"] == 128
+    (tmp_path / "model.yaml").write_text("class_path: lit_mmrec.models.DASRec\ninit_args: {denoiser_hidden: 7}\n")
+    (tmp_path / "by_path.yaml").write_text("model: model.yaml\n")
+    assert read(str(tmp_path / "by_path.yaml")) == {"denoiser_hidden": 7}
+    with pytest.raises(SystemExit, match="not lit_mmrec.models.DASRec"):
+        read(str(REPO_ROOT / "configs" / "experiment" / "diffcl_tiktok.yaml"))
 
 
 def test_gpu_check_scripts_parse_and_name_what_exists():
