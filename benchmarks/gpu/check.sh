@@ -50,7 +50,7 @@ for precision in float32 bfloat16; do
     --config configs/experiment/diffcl_tiktok.yaml --epochs "$epochs" --val-passes 2 -- \
     --trainer.accelerator "$accelerator" --model.init_args.denoiser_precision "$precision"
   step "dasrec_tiktok_${precision}.json" "DASRec TikTok $precision" python3 benchmarks/bench_dasrec_epoch.py --device "$device" \
-    --epochs "$epochs" embedding_dim=128 denoiser_hidden=1000 "denoiser_precision=$precision"
+    --epochs "$epochs" --config configs/experiment/dasrec_tiktok.yaml "denoiser_precision=$precision"
 done
 cat "$summary.steps" >> "$summary" && rm "$summary.steps"
 cat "$summary"
