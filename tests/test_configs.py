@@ -32,12 +32,26 @@ def test_overlay_composes_after_its_experiment(model: str, overlay: Path, tmp_pa
 
 
 @pytest.mark.parametrize("model", ["diffcl", "dasrec"])
-def test_precision_overlays_compose_together(model: str, tmp_path: Path):
-    overlays = [arg for path in sorted((CONFIGS / "precision").glob("*.yaml")) for arg in ("--config", str(path))]
+def test_bfloat16_overlays_compose_together(model: str, tmp_path: Path):
+    overlays = [arg for path in sorted((CONFIGS / "precision").glob("bf16_*.yaml")) for arg in ("--config", str(path))]
     cli = build_cli(["--config", str(CONFIGS / "experiment" / f"{model}_synthetic.yaml"), *overlays,
                      "--trainer.default_root_dir", str(tmp_path), "--data.cache_dir", str(tmp_path / "cache"),
                      *TINY_DATA], run=False)
     assert cli.model.hparams["denoiser_precision"] == cli.model.hparams["contrastive_precision"] == "bfloat16"
+
+
+def test_float32_overlay_undoes_the_tiktok_configs_bfloat16_denoisers(tmp_path: Path):
+    """diffcl_tiktok.yaml runs its denoisers in bfloat16; fp32_denoisers.yaml after it puts them back in float32
+    and leaves every other setting of the experiment as it was."""
+    experiment = CONFIGS / "experiment" / "diffcl_tiktok.yaml"
+    common = ["--trainer.default_root_dir", str(tmp_path), "--data.cache_dir", str(tmp_path / "cache"), *TINY_DATA]
+    committed = build_cli(["--config", str(experiment), *common], run=False)
+    overlaid = build_cli(["--config", str(experiment), "--config", str(CONFIGS / "precision" / "fp32_denoisers.yaml"),
+                          *common], run=False)
+    assert committed.model.hparams["denoiser_precision"] == "bfloat16"
+    assert overlaid.model.hparams["denoiser_precision"] == "float32"
+    assert {k: v for k, v in overlaid.model.hparams.items() if k != "denoiser_precision"} == \
+        {k: v for k, v in committed.model.hparams.items() if k != "denoiser_precision"}
 
 
 # experiment configs whose data is an MMRec-format Amazon dataset that ../shared/data does not hold
