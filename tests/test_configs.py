@@ -40,9 +40,10 @@ def test_bfloat16_overlays_compose_together(model: str, tmp_path: Path):
     assert cli.model.hparams["denoiser_precision"] == cli.model.hparams["contrastive_precision"] == "bfloat16"
 
 
-def test_float32_overlay_undoes_the_tiktok_configs_bfloat16_denoisers(tmp_path: Path):
+def test_float32_overlay_undoes_the_tiktok_configs_bfloat16_denoisers(tmp_path: Path, monkeypatch):
     """diffcl_tiktok.yaml runs its denoisers in bfloat16; fp32_denoisers.yaml after it puts them back in float32
-    and leaves every other setting of the experiment as it was."""
+    and leaves every other setting of the experiment as it was (on a stand-in dataset: no TikTok files needed)."""
+    monkeypatch.setenv("LIT_MMREC_DATA", str(tmp_path))  # the TikTok data config names its root through it
     experiment = CONFIGS / "experiment" / "diffcl_tiktok.yaml"
     common = ["--trainer.default_root_dir", str(tmp_path), "--data.cache_dir", str(tmp_path / "cache"), *TINY_DATA]
     committed = build_cli(["--config", str(experiment), *common], run=False)
