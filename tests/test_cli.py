@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from lit_mmrec.cli import build_cli
 from tests.conftest import REPO_ROOT, require_dataset
@@ -104,6 +105,33 @@ def test_short_real_data_run(tmp_path: Path, monkeypatch, experiment: str):
     metrics = cli.trainer.logged_metrics
     assert cli.datamodule.n_users == 9308
     assert 0.0 < float(metrics["test/recall@20"]) < 1.0
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize(("experiment", "losses"), [
+    ("diffcl_tiktok.yaml", {"bpr", "reg", "emb", "cl", "diffusion", "align"}),
+    ("dasrec_tiktok.yaml", {"bpr", "reg", "cl", "diffusion", "msi"}),
+])
+def test_paper_models_committed_configs_short_real_data_run(tmp_path: Path, monkeypatch, experiment: str,
+                                                            losses: set[str]):
+    """The committed TikTok configs of DiffCL (its bfloat16 denoisers included) and DASRec train 8 steps on the
+    real data with every loss term of the model logged and positive, then validate and test."""
+    data_root = require_dataset("tiktok").parent
+    monkeypatch.setenv("LIT_MMREC_DATA", str(data_root))
+    cli = run_cli("fit", "--config", str(REPO_ROOT / "configs" / "experiment" / experiment),
+                  "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+                  "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "8",
+                  "--data.cache_dir", str(tmp_path / "cache"))
+    assert cli.datamodule.n_users == 9308
+    committed = yaml.safe_load((REPO_ROOT / "configs" / "experiment" / experiment).read_text())["model"]["init_args"]
+    assert all(cli.model.hparams[key] == value for key, value in committed.items() if key != "optimizer")
+    assert 0.0 < float(cli.trainer.logged_metrics["test/recall@20"]) < 1.0
+    rows = list(csv.DictReader(next(Path(cli.trainer.log_dir).glob("metrics.csv")).open()))
+    epoch = next(row for row in rows if row.get("train/bpr_loss"))
+    logged = {key[len("train/"):-len("_loss")] for key, value in epoch.items()
+              if key.startswith("train/") and key.endswith("_loss") and value}
+    assert logged == losses
+    assert all(float(epoch[f"train/{name}_loss"]) > 0 for name in losses)
 
 
 @pytest.mark.real_data
