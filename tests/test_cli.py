@@ -94,17 +94,27 @@ def test_bad_monitor_is_reported(tmp_path: Path):
         run_cli("fit", *base_args(tmp_path), "--evaluation.ks", "[5]")
 
 
+def short_tiktok_run(tmp_path: Path, monkeypatch, experiment: str, *args: str):
+    """``lit_mmrec fit`` of ``configs/experiment/<experiment>`` on the real TikTok data (skips without it)."""
+    monkeypatch.setenv("LIT_MMREC_DATA", str(require_dataset("tiktok").parent))
+    cli = run_cli("fit", "--config", str(REPO_ROOT / "configs" / "experiment" / experiment),
+                  "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+                  "--data.cache_dir", str(tmp_path / "cache"), *args)
+    assert cli.datamodule.n_users == 9308
+    assert 0.0 < float(cli.trainer.logged_metrics["test/recall@20"]) < 1.0
+    return cli
+
+
+def logged_epoch(cli, metric: str) -> dict[str, str]:
+    """The first row of the run's metrics.csv that holds ``metric``."""
+    rows = csv.DictReader(next(Path(cli.trainer.log_dir).glob("metrics.csv")).open())
+    return next(row for row in rows if row.get(metric))
+
+
 @pytest.mark.real_data
 @pytest.mark.parametrize("experiment", ["lightgcn_tiktok.yaml", "vbpr_tiktok.yaml", "freedom_tiktok.yaml"])
 def test_short_real_data_run(tmp_path: Path, monkeypatch, experiment: str):
-    data_root = require_dataset("tiktok").parent
-    monkeypatch.setenv("LIT_MMREC_DATA", str(data_root))
-    cli = run_cli("fit", "--config", str(REPO_ROOT / "configs" / "experiment" / experiment),
-                  "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-                  "--trainer.max_epochs", "2", "--data.cache_dir", str(tmp_path / "cache"))
-    metrics = cli.trainer.logged_metrics
-    assert cli.datamodule.n_users == 9308
-    assert 0.0 < float(metrics["test/recall@20"]) < 1.0
+    short_tiktok_run(tmp_path, monkeypatch, experiment, "--trainer.max_epochs", "2")
 
 
 @pytest.mark.real_data
@@ -116,18 +126,11 @@ def test_paper_models_committed_configs_short_real_data_run(tmp_path: Path, monk
                                                             losses: set[str]):
     """The committed TikTok configs of DiffCL (its bfloat16 denoisers included) and DASRec train 8 steps on the
     real data with every loss term of the model logged and positive, then validate and test."""
-    data_root = require_dataset("tiktok").parent
-    monkeypatch.setenv("LIT_MMREC_DATA", str(data_root))
-    cli = run_cli("fit", "--config", str(REPO_ROOT / "configs" / "experiment" / experiment),
-                  "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-                  "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "8",
-                  "--data.cache_dir", str(tmp_path / "cache"))
-    assert cli.datamodule.n_users == 9308
+    cli = short_tiktok_run(tmp_path, monkeypatch, experiment,
+                           "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "8")
     committed = yaml.safe_load((REPO_ROOT / "configs" / "experiment" / experiment).read_text())["model"]["init_args"]
     assert all(cli.model.hparams[key] == value for key, value in committed.items() if key != "optimizer")
-    assert 0.0 < float(cli.trainer.logged_metrics["test/recall@20"]) < 1.0
-    rows = list(csv.DictReader(next(Path(cli.trainer.log_dir).glob("metrics.csv")).open()))
-    epoch = next(row for row in rows if row.get("train/bpr_loss"))
+    epoch = logged_epoch(cli, "train/bpr_loss")
     logged = {key[len("train/"):-len("_loss")] for key, value in epoch.items()
               if key.startswith("train/") and key.endswith("_loss") and value}
     assert logged == losses
@@ -138,15 +141,8 @@ def test_paper_models_committed_configs_short_real_data_run(tmp_path: Path, monk
 def test_diffmm_short_real_data_run(tmp_path: Path, monkeypatch):
     """DiffMM's TikTok config for 12 steps: ten 1,024-user diffusion batches (every user's row once), a
     generated graph with every user's top-5 edges per modality (rebuild_k), and a tested checkpoint."""
-    data_root = require_dataset("tiktok").parent
-    monkeypatch.setenv("LIT_MMREC_DATA", str(data_root))
-    cli = run_cli("fit", "--config", str(REPO_ROOT / "configs" / "experiment" / "diffmm_tiktok.yaml"),
-                  "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-                  "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "12",
-                  "--data.cache_dir", str(tmp_path / "cache"))
-    assert cli.datamodule.n_users == 9308
-    assert 0.0 < float(cli.trainer.logged_metrics["test/recall@20"]) < 1.0
-    rows = list(csv.DictReader(next(Path(cli.trainer.log_dir).glob("metrics.csv")).open()))
-    epoch = next(row for row in rows if row.get("train/diffusion_loss"))
+    cli = short_tiktok_run(tmp_path, monkeypatch, "diffmm_tiktok.yaml",
+                           "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "12")
+    epoch = logged_epoch(cli, "train/diffusion_loss")
     assert {float(epoch[f"train/graph_edges_{m}"]) for m in ("image", "audio")} == {5 * 9308.0}
     assert float(epoch["train/diffusion_loss"]) > 0 and float(epoch["train/msi_loss"]) > 0
