@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Any
 
 import lightning as L
 import torch
@@ -198,8 +199,15 @@ class RecommenderModule(L.LightningModule):
         self.log_dict({("train/loss_epoch" if name == "loss" else f"train/{name}"): total / examples
                        for name, (total, examples) in self._epoch_losses.items()}, sync_dist=True)
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups; a group's ``lr_scale`` multiplies the optimizer's learning rate
+        for it. One group of every parameter here; models whose parts learn at their own rate override this."""
+        return [{"params": list(self.parameters())}]
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
