@@ -34,6 +34,12 @@ from lit_mmrec.models.components.diffusion import (
     fast_reverse,
     linear_noise_schedule,
 )
+from lit_mmrec.models.components.graph_generation import (
+    ThresholdOn,
+    candidate_similarity,
+    centred_unit_rows,
+    denoised_row_quality,
+)
 from lit_mmrec.models.components.precision import ProductPrecision, compute_dtype, warn_if_emulated
 
 SparsityReference = Literal["n_items", "max_degree"]
@@ -114,17 +120,32 @@ class DASRec(RecommenderModule):
         terms remain, as in DiffMM, and the attention gets no gradient).
     Modality-aware graphs
         At the start of every ``rebuild_every_n_epochs``-th epoch, each modality's denoiser reconstructs
-        every user's row (reverse process from the clean row, DiffMM's ``sampling_steps = 0``), the
-        ``graph_top_k`` highest predictions are candidates and those ``>= similarity_threshold`` become
-        edges of G^m; ``D^-1/2 (G^m + I) D^-1/2`` (eq 23). Training uses G^m after DiffMM's edge dropout
-        (``graph_keep_rate``, redrawn every epoch from the data module's seed and the epoch, so every
-        DDP process draws the same graph); evaluation uses G^m without dropout. The generated edges are
-        stored in checkpoints, so a restored model is evaluated on exactly the graph it was validated with.
-        The threshold applies to the denoised rows, the paper's "predicted interaction probability"; each
-        graph's edge count is logged (``train/graph_edges_<modality>``), and a graph left with fewer edges
-        than one per 100 users is warned about, since G^m is then (nearly) the identity. That happens when
-        the denoisers predict nothing near the threshold, e.g. when the signal-injection loss outweighs the
-        x0 objective (``reweight_steps``, ``signal_features`` and ``lambda_msi`` set the balance).
+        every user's row (reverse process from the clean row, DiffMM's ``sampling_steps = 0``); the
+        ``graph_top_k`` highest predictions are the user's candidates (DiffMM's rule, so every user has
+        some), and a candidate i becomes an edge of G^m when its score reaches ``similarity_threshold``.
+        The paper's "modality similarity threshold" (``threshold_on: similarity``, default) scores the
+        cosine between the user's attention-fused preference and the item's features
+        ``e_i^m = Norm(Trans(f_i^m))`` (eq 21), centred before normalising (``centre_similarity_features``:
+        raw features are anisotropic, and centred rows make the preference blind to a constant offset of
+        the denoised row). The preference is eq 17-19 taken in modality m's feature space,
+        ``z_u^(m) = (sum_m' a_u^m' alpha_hat_u^m') e^m``: the modalities' denoised rows fused by the
+        attention, embedded with e^m (eq 19 sums preferences of different modalities' spaces; compared
+        with one modality's items, the other spaces' parts would only add noise). This is how the attention "guides the
+        diffusion process in generating modality-aware user-item graph structures". ``prediction`` scores
+        the denoised value itself, the "predicted interaction probability" (an unbounded regression
+        output, about 0.02-0.9 on TikTok). Then ``D^-1/2 (G^m + I) D^-1/2`` (eq 23 with DiffMM's
+        self-loops). Training uses G^m after DiffMM's edge dropout (``graph_keep_rate``, redrawn every
+        epoch from the data module's seed and the epoch, so every DDP process draws the same graph; the
+        self-loops drop with the same rate, so a dropped loop removes a node's own embedding from its
+        G^m aggregation that epoch: node dropout on the modality graph); evaluation uses G^m without
+        dropout. The generated edges are stored in checkpoints, so a restored model is evaluated on exactly
+        the graph it was validated with. Every rebuild logs, per modality, ``train/graph_edges_<m>``,
+        ``graph_users_<m>`` (users with an edge), ``graph_score_q10/q50/q90_<m>`` (the scores the threshold
+        acted on), ``candidate_items_<m>`` (distinct items among all users' candidates) and the denoiser
+        diagnostics over ``diagnostic_users`` sampled users: ``denoiser_own_item_rank_<m>`` (median rank of
+        users' training items in their denoised rows) and ``denoiser_mean_row_share_<m>`` (share of users
+        whose row has cosine > 0.9 with the mean row). A graph left with fewer edges than one per 100 users
+        is warned about, since G^m is then (nearly) the identity.
     Cross-modal contrastive learning (eq 21-28)
         ``e^m = normalize(Linear(f^m))`` (eq 21); ``Z_m = G^m [E_u; e^m]`` (eq 22-23); ``n_layers``
         propagations over the interaction graph, summed (eq 24-25). InfoNCE with cosine similarity and
@@ -157,7 +178,16 @@ class DASRec(RecommenderModule):
           steps per epoch, and the epoch fewer, larger products. Steps without diffusion leave the
           denoisers and the attention without gradients, so DDP needs
           ``strategy: ddp_find_unused_parameters_true`` (the model says so at the start of fitting).
-        * ``reweight_steps``: eq 16 is unweighted (default); True uses DiffMM's SNR(t-1) - SNR(t) weights.
+        * ``reweight_steps``: True (default) weights each row's x0 error as eq 13 does: with mu_theta of
+          eq 14, ``1 / (2 sigma^2(t)) ||mu_theta - mu_tilde||^2`` is ``(SNR(t-1) - SNR(t)) / 2`` times
+          ``||alpha_hat - alpha_0||^2``, DiffMM's step weights (up to the 1/2, which Adam ignores), and eq 15
+          (t = 1) weighs 1. False is eq 16's unweighted simplification; against signal injection at
+          ``lambda_msi`` 0.1 the unweighted objective is so light that the denoisers predict nearly one row
+          for every user.
+        * ``denoiser_lr_scale``: the denoisers' learning rate as a multiple of the optimizer's (DiffMM gives
+          them an optimizer of their own at the same rate: 1).
+        * mu_theta is not conditioned on the user's sparsity s_u (eq 7 writes mu_theta(alpha_t, t)); s_u
+          reaches the denoiser only through the noise level of its input (eq 6), as in DiffMM.
         * ``first_step_noise``: None (default) keeps eq 6's first step, ``s * gamma_min``; a value replaces it
           and keeps the later steps' ratios (DiffMM's code fixes its first beta at 1e-4;
           :func:`~lit_mmrec.models.components.diffusion.linear_noise_schedule`).
@@ -176,8 +206,11 @@ class DASRec(RecommenderModule):
           1000-wide denoisers over whole interaction rows, most of such an epoch, take a third of the time.
           Generated edges whose prediction lies within bfloat16's rounding (about 0.4%) of
           ``similarity_threshold`` can fall on either side of it.
-        * ``graph_top_k`` candidates per user before the threshold (DiffMM's ``rebuild_k``, 5 in its code,
-          where no threshold follows; :class:`~lit_mmrec.models.DiffMM`).
+        * ``graph_top_k`` candidates per user and modality before the threshold (DiffMM's ``rebuild_k``, 5
+          in its code, where no threshold follows; :class:`~lit_mmrec.models.DiffMM`).
+        * ``threshold_on`` and ``centre_similarity_features``: what the threshold compares (above).
+        * Trans of eq 21 ("a nonlinear transformation") is one Linear layer per modality (DiffMM's
+          ``image_trans`` / ``audio_trans`` are single linear maps too).
         * ``signal_features``: the item features e^m of eq 17 and 20, ``projected`` (``Trans(f^m)``, DiffMM's
           ``getImageFeats``; default) or ``normalised`` (``Norm(Trans(f^m))``, the e^m of eq 21). Detached
           either way: the signal-injection loss trains the denoisers and the attention only.
@@ -219,11 +252,12 @@ class DASRec(RecommenderModule):
         noise_max: float = 0.02,
         first_step_noise: float | None = None,
         sampling_steps: int = 0,
-        reweight_steps: bool = False,
+        reweight_steps: bool = True,
         denoiser_hidden: int = 1000,
         denoiser_time_dim: int = 10,
         denoiser_dropout: float = 0.5,
         denoiser_precision: ProductPrecision = "float32",
+        denoiser_lr_scale: float = 1.0,
         diffusion_weight: float = 1.0,
         diffusion_batch_size: int | None = None,
         # attention and signal injection
@@ -236,10 +270,13 @@ class DASRec(RecommenderModule):
         fused_signal_injection: bool = True,
         # modality-aware graphs
         similarity_threshold: float = 0.6,
-        graph_top_k: int = 1,
+        threshold_on: ThresholdOn = "similarity",
+        centre_similarity_features: bool = True,
+        graph_top_k: int = 5,
         graph_keep_rate: float = 0.5,
         rebuild_every_n_epochs: int = 1,
         rebuild_batch_size: int = 2048,
+        diagnostic_users: int = 2048,
         modality_graph_weight: float = 0.2,
         omega: float = 0.5,
         # contrastive learning
@@ -258,6 +295,8 @@ class DASRec(RecommenderModule):
             raise ValueError(f"sampling_steps must be in 0..diffusion_steps ({diffusion_steps}), got {sampling_steps}")
         if graph_top_k < 1 or rebuild_every_n_epochs < 1:
             raise ValueError("graph_top_k and rebuild_every_n_epochs must be >= 1")
+        if threshold_on not in ("similarity", "prediction"):
+            raise ValueError(f"threshold_on must be 'similarity' or 'prediction', got {threshold_on!r}")
         if diffusion_batch_size is not None and diffusion_batch_size < 1:
             raise ValueError(f"diffusion_batch_size must be >= 1 or null (spread over every step), "
                              f"got {diffusion_batch_size}")
@@ -275,11 +314,17 @@ class DASRec(RecommenderModule):
         self.diffusion_batch_size = diffusion_batch_size
         self.denoiser_dropout = denoiser_dropout
         self.denoiser_precision = denoiser_precision
+        if denoiser_lr_scale <= 0:
+            raise ValueError(f"denoiser_lr_scale must be positive, got {denoiser_lr_scale}")
+        self.denoiser_lr_scale = denoiser_lr_scale
         self.use_modality_attention = use_modality_attention
         self.lambda_msi = lambda_msi
         self.signal_features = signal_features
         self.fused_signal_injection = fused_signal_injection
         self.similarity_threshold = similarity_threshold
+        self.threshold_on = threshold_on
+        self.centre_similarity_features = centre_similarity_features
+        self.diagnostic_users = diagnostic_users
         self.graph_top_k = min(graph_top_k, n_items)
         self.graph_keep_rate = graph_keep_rate
         self.rebuild_every_n_epochs = rebuild_every_n_epochs
@@ -313,8 +358,19 @@ class DASRec(RecommenderModule):
         self._graphs_eval: dict[str, torch.Tensor] = {}
         self._diffusion_plan: dict[int, torch.Tensor] = {}  # batch index in the epoch -> users to diffuse
         self._batch_in_epoch = 0
-        self.generation_peaks: dict[str, float] = {}  # per modality: the largest top-1 prediction of the last generation
+        # per modality, of the last generation: the largest score the threshold acted on, and the statistics logged
+        self.generation_peaks: dict[str, float] = {}
+        self.generation_stats: dict[str, dict[str, float]] = {}
         self._warned_sparse_graphs: set[str] = set()
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The denoisers learn at ``denoiser_lr_scale`` times the optimizer's rate (DiffMM gives them an
+        optimizer of their own), everything else at the optimizer's."""
+        if not self.use_diffusion_graphs or self.denoiser_lr_scale == 1.0:
+            return super().parameter_groups()
+        denoising = {id(p) for p in self.denoisers.parameters()}
+        return [{"params": [p for p in self.parameters() if id(p) not in denoising]},
+                {"params": list(self.denoisers.parameters()), "lr_scale": self.denoiser_lr_scale}]
 
     # ---- data-derived tensors ----
     def on_graphs_ready(self) -> None:
@@ -391,52 +447,129 @@ class DASRec(RecommenderModule):
         return torch.where(t == 1, torch.ones_like(snr_t), snr_prev - snr_t)
 
     @torch.no_grad()
-    def denoised_row_blocks(self, modality: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """``(users, x0_hat)`` for every block of ``rebuild_batch_size`` users: the modality's denoiser (in
-        eval mode) run over the users' rows as graph generation runs it, the reverse process from the clean
-        row (DiffMM's ``sampling_steps = 0``) or from the row noised to ``sampling_steps``."""
-        device = self.id_embedding.device
+    def denoise_users(self, modality: str, users: torch.Tensor) -> torch.Tensor:
+        """Denoised rows alpha_hat_0 [B, n_items] of ``users``, as graph generation computes them: the
+        modality's denoiser (in eval mode) run by the reverse process from the clean row (DiffMM's
+        ``sampling_steps = 0``) or from the row noised to ``sampling_steps``."""
         denoiser = self.denoisers[modality]
         was_training = denoiser.training
         denoiser.eval()
         try:
-            for start in range(0, self.n_users, self.rebuild_batch_size):
-                users = torch.arange(start, min(start + self.rebuild_batch_size, self.n_users), device=device)
-                scale = self.row_scale(users)
-                if self.sampling_steps > 0:
-                    t = torch.full((len(users),), self.sampling_steps, dtype=torch.long, device=device)
-                    x_start = self.diffusion.q_sample(self.user_rows(users), t, row_scale=scale)
-                else:  # the clean rows, kept sparse: the first product costs nnz x H, not B x n_items x H
-                    x_start = row_block(self.graphs.train_interactions, start, start + len(users))
-                yield users, fast_reverse(self.diffusion, denoiser, x_start, self.diffusion.steps, scale)
+            scale = self.row_scale(users)
+            if self.sampling_steps > 0:
+                t = torch.full((len(users),), self.sampling_steps, dtype=torch.long, device=users.device)
+                x_start = self.diffusion.q_sample(self.user_rows(users), t, row_scale=scale)
+            else:  # the clean rows, kept sparse: the first product costs nnz x H, not B x n_items x H
+                x_start = csr_rows(self.graphs.train_interactions, users)
+            return fast_reverse(self.diffusion, denoiser, x_start, self.diffusion.steps, scale)
         finally:
             denoiser.train(was_training)
 
+    def user_blocks(self) -> Iterator[torch.Tensor]:
+        """Consecutive blocks of ``rebuild_batch_size`` user ids covering every user."""
+        device = self.id_embedding.device
+        for start in range(0, self.n_users, self.rebuild_batch_size):
+            yield torch.arange(start, min(start + self.rebuild_batch_size, self.n_users), device=device)
+
+    @torch.no_grad()
+    def denoised_row_blocks(self, modality: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(users, alpha_hat_0)`` for every block of ``rebuild_batch_size`` users (:meth:`denoise_users`)."""
+        for users in self.user_blocks():
+            yield users, self.denoise_users(modality, users)
+
+    def similarity_item_features(self, modality: str) -> torch.Tensor:
+        """The unit item features [n_items, d] the similarity threshold compares users with: e^m of eq 21,
+        ``Norm(Trans(f^m))``, centred first when ``centre_similarity_features``."""
+        return centred_unit_rows(self.projected_features(modality).detach(), self.centre_similarity_features)
+
+    def fused_preferences(self, denoised: dict[str, torch.Tensor], item_features: dict[str, torch.Tensor]
+                          ) -> dict[str, torch.Tensor]:
+        """z_u [B, d] per modality m (eq 17-19): the users' attention-fused denoised rows
+        ``sum_m' a_u^m' alpha_hat^m'`` embedded with modality m's features ``item_features[m]``, so that each
+        G^m compares users and items in one feature space. The attention weights a_u are those signal
+        injection computes, from the per-modality preferences ``alpha_hat^m Trans(f^m)``."""
+        stacked = torch.stack([denoised[m] @ self.signal_item_features(m) for m in self.modalities], dim=1)
+        weights = self.modality_attention_weights(stacked)  # [B, M]
+        fused_rows = sum(weights[:, j: j + 1] * denoised[m] for j, m in enumerate(self.modalities))  # [B, n_items]
+        return {m: fused_rows @ item_features[m] for m in self.modalities}
+
+    @torch.no_grad()
+    def candidate_scores(self) -> Iterator[tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]]:
+        """``(users, {modality: (items, scores)})`` for every block of users: each user's ``graph_top_k``
+        highest denoised items per modality [B, k] and the scores [B, k] the threshold acts on, the cosine
+        between the user's fused preference z_u and the item's features e^m (``threshold_on: similarity``)
+        or the denoised value (``prediction``)."""
+        similarity = self.threshold_on == "similarity"
+        features = {m: self.similarity_item_features(m) for m in self.modalities} if similarity else {}
+        for users in self.user_blocks():
+            denoised = {m: self.denoise_users(m, users) for m in self.modalities}
+            fused = self.fused_preferences(denoised, features) if similarity else {}
+            block = {}
+            for modality in self.modalities:
+                values, items = denoised[modality].topk(self.graph_top_k, dim=1)  # [B, k]
+                block[modality] = (items, candidate_similarity(fused[modality], items, features[modality])
+                                   if similarity else values)
+            yield users, block
+
     @torch.no_grad()
     def generate_edges(self) -> dict[str, torch.Tensor]:
-        """Edges [2, E] (users; items) of each modality graph from the denoised rows of every user."""
-        edges = {}
-        self.generation_peaks = {}
-        for modality in self.modalities:
-            users_kept, items_kept, peaks = [], [], []
-            for users, x0_hat in self.denoised_row_blocks(modality):
-                values, items = x0_hat.topk(self.graph_top_k, dim=1)  # [B, k]
-                peaks.append(values[:, 0].max())
-                keep = values >= self.similarity_threshold
-                users_kept.append(users.unsqueeze(1).expand_as(items)[keep])
-                items_kept.append(items[keep])
-            edges[modality] = torch.stack([torch.cat(users_kept), torch.cat(items_kept)])
-            self.generation_peaks[modality] = float(torch.stack(peaks).max())
+        """Edges [2, E] (users; items) of each modality graph: the candidates of :meth:`candidate_scores`
+        whose score reaches ``similarity_threshold``. Also fills ``generation_stats`` (what
+        :meth:`report_generated_graphs` logs)."""
+        kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in self.modalities}
+        scores: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
+        candidates = {m: torch.zeros(self.n_items, dtype=torch.bool, device=self.id_embedding.device)
+                      for m in self.modalities}
+        for users, block in self.candidate_scores():
+            for modality, (items, score) in block.items():
+                keep = score >= self.similarity_threshold
+                kept[modality].append((users.unsqueeze(1).expand_as(items)[keep], items[keep]))
+                scores[modality].append(score.flatten())
+                candidates[modality][items.flatten()] = True
+        edges = {m: torch.stack([torch.cat([u for u, _ in kept[m]]), torch.cat([i for _, i in kept[m]])])
+                 for m in self.modalities}
+        self.generation_stats = {}
+        for modality, (users, _) in edges.items():
+            score = torch.cat(scores[modality]).float()
+            q10, q50, q90 = score.quantile(score.new_tensor([0.1, 0.5, 0.9])).tolist()
+            self.generation_peaks[modality] = float(score.max())
+            self.generation_stats[modality] = {
+                "graph_edges": float(users.numel()),
+                "graph_users": float(torch.unique(users).numel()),
+                "graph_score_q10": q10, "graph_score_q50": q50, "graph_score_q90": q90,
+                "candidate_items": float(candidates[modality].sum()),
+                **self.denoiser_diagnostics(modality),
+            }
         return edges
 
+    @torch.no_grad()
+    def denoiser_diagnostics(self, modality: str) -> dict[str, float]:
+        """:func:`denoised_row_quality` of the modality's denoiser over a fixed random sample of
+        ``diagnostic_users`` users (the same sample at every rebuild); empty when ``diagnostic_users`` is 0."""
+        if self.diagnostic_users <= 0:
+            return {}
+        generator = torch.Generator().manual_seed(0)
+        sample = torch.randperm(self.n_users, generator=generator)[: self.diagnostic_users]
+        sample = sample.sort().values.to(self.id_embedding.device)
+        quality = denoised_row_quality(self.denoise_users(modality, sample),
+                                       csr_rows(self.graphs.train_interactions, sample))
+        return {"denoiser_own_item_rank": quality["own_item_rank"],
+                "denoiser_mean_row_share": quality["mean_row_share"]}
+
     def report_generated_graphs(self) -> None:
-        """Logs ``train/graph_edges_<modality>``, the edges of each generated graph, and warns once per
-        modality when ``similarity_threshold`` left fewer edges than one per 100 users in a graph generated
-        after the first epoch (the untrained denoisers of epoch 0 predict nothing): such a G^m is (nearly)
-        the identity, and the diffusion branch then reaches the recommender through nothing."""
+        """Logs, per modality, ``train/<statistic>_<modality>`` of the last generation (``graph_edges``,
+        ``graph_users`` with at least one edge, quantiles ``graph_score_q10/q50/q90`` of the scores the
+        threshold acted on, ``candidate_items`` distinct among every user's candidates, and the denoiser
+        diagnostics), and warns once per modality when ``similarity_threshold`` left fewer edges than one per
+        100 users in a graph generated after the first epoch (the untrained denoisers of epoch 0 predict
+        nothing): such a G^m is (nearly) the identity, and the diffusion branch then reaches the
+        recommender through nothing."""
         for modality, edges in self._generated_edges.items():
             count = int(edges.shape[1])
             self.log(f"train/graph_edges_{modality}", float(count), sync_dist=True)
+            for name, value in self.generation_stats.get(modality, {}).items():
+                if name != "graph_edges":
+                    self.log(f"train/{name}_{modality}", value, sync_dist=True)
             peak = self.generation_peaks.get(modality)
             if 100 * count < self.n_users and peak is not None and self.current_epoch > 0 \
                     and modality not in self._warned_sparse_graphs:
@@ -444,9 +577,9 @@ class DASRec(RecommenderModule):
                 rank_zero_warn(
                     f"DASRec: similarity_threshold={self.similarity_threshold} kept {count} edges of the "
                     f"generated {modality} graph for {self.n_users} users (epoch {self.current_epoch}; the "
-                    f"largest denoised prediction was {peak:.3f}), so G^{modality} is nearly the identity. "
-                    "Lower similarity_threshold, or let the x0 objective weigh more against signal injection "
-                    "(reweight_steps, signal_features, lambda_msi); train/graph_edges_<modality> logs the sizes.")
+                    f"largest {self.threshold_on} score of a candidate was {peak:.3f}), so G^{modality} is "
+                    "nearly the identity. Lower similarity_threshold, or raise graph_top_k; "
+                    "train/graph_edges_<modality> and train/graph_score_q50_<modality> log the sizes and scores.")
 
     def _build_graphs(self, keep_rate: float, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         device = self.id_embedding.device

@@ -115,6 +115,7 @@ class DiffMM(DASRec):
             denoiser_dropout=denoiser_dropout, denoiser_precision=denoiser_precision,
             diffusion_batch_size=diffusion_batch_size, use_modality_attention=False, lambda_msi=lambda_msi,
             signal_features="projected", fused_signal_injection=False, similarity_threshold=float("-inf"),
+            threshold_on="prediction",
             graph_top_k=graph_top_k, graph_keep_rate=graph_keep_rate, rebuild_every_n_epochs=1,
             rebuild_batch_size=rebuild_batch_size, modality_graph_weight=modality_graph_weight, omega=omega,
             lambda_cl=lambda_cl, tau=tau, use_modality_anchor=contrast_with == "modalities",

@@ -14,6 +14,7 @@ from lit_mmrec.data.graphs import generated_bipartite_graph
 from lit_mmrec.metrics import RankingEvaluator
 from lit_mmrec.models import DASRec
 from lit_mmrec.models.components import info_nce, info_nce_against
+from lit_mmrec.models.components.graph_generation import centred_unit_rows, denoised_row_quality, own_item_ranks
 from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, fast_reverse, linear_noise_schedule
 from lit_mmrec.models.dasrec import ModalityAttention, diffusion_plan
 from tests.conftest import EchoDenoiser, assert_only_contrastive_term_rounded, paired_losses
@@ -92,7 +93,7 @@ def test_fast_reverse_equals_the_step_by_step_reverse_process():
 
 @pytest.mark.parametrize("signal_features", ["projected", "normalised"])
 def test_diffusion_objective_is_eq_16_x0_mse(tiny_datamodule, signal_features):
-    model = build(tiny_datamodule, denoiser_dropout=0.0, signal_features=signal_features)
+    model = build(tiny_datamodule, denoiser_dropout=0.0, signal_features=signal_features, reweight_steps=False)
     users = torch.tensor([0, 3, 7])
 
     x0 = model.user_rows(users)
@@ -112,6 +113,33 @@ def test_diffusion_objective_is_eq_16_x0_mse(tiny_datamodule, signal_features):
     fused = (weights.unsqueeze(-1) * stacked).sum(1)
     expected_signal = sum((z[m] - structure).pow(2).mean() for m in model.modalities) + (fused - structure).pow(2).mean()
     torch.testing.assert_close(signal_loss, expected_signal)
+
+
+def test_default_step_weights_are_eq_13_under_x0_parameterisation(tiny_datamodule):
+    """Eq 13's 1 / (2 sigma^2(t)) ||mu_theta - mu_tilde||^2 is, with mu_theta of eq 14, a weight
+    coef_x0(t)^2 / (2 sigma^2(t)) on ||alpha_hat - alpha_0||^2; the default weights it by SNR(t-1) - SNR(t),
+    which is twice that (the constant factor Adam ignores), and eq 15's L_0 (t = 1) by 1."""
+    model = build(tiny_datamodule)
+    assert model.reweight_steps
+    users = torch.arange(10)
+    scale = model.row_scale(users)
+    for step in range(1, model.diffusion.steps + 1):
+        t = torch.full((10,), step)
+        weights = model.step_weights(t, scale)
+        if step == 1:
+            torch.testing.assert_close(weights, torch.ones(10))
+            continue
+        _, coef_x0, variance = model.diffusion.posterior_coefficients(t, scale)
+        torch.testing.assert_close(weights, (coef_x0.pow(2) / variance).squeeze(1), rtol=1e-4, atol=0.0)
+    # and the objective uses them: a prediction off by the same amount at every step weighs more at t = 2
+    x0 = model.user_rows(users)
+    model.denoisers = torch.nn.ModuleDict({m: EchoDenoiser(x0 + 0.1) for m in model.modalities})
+    torch.manual_seed(0)
+    weighted, _ = model.diffusion_losses(users)
+    model.reweight_steps = False
+    torch.manual_seed(0)
+    unweighted, _ = model.diffusion_losses(users)
+    assert float(weighted) > 10 * float(unweighted)
 
 
 def test_dense_rows_are_the_training_rows(tiny_datamodule):
@@ -167,8 +195,8 @@ def set_constant_prediction(model: DASRec, row: torch.Tensor) -> None:
             denoiser.output_layer.bias.copy_(row)
 
 
-def test_graph_generation_keeps_top_k_above_the_threshold(tiny_datamodule):
-    model = build(tiny_datamodule, graph_top_k=3, similarity_threshold=0.6)
+def test_graph_generation_keeps_top_k_predictions_above_the_threshold(tiny_datamodule):
+    model = build(tiny_datamodule, graph_top_k=3, similarity_threshold=0.6, threshold_on="prediction")
     row = torch.zeros(40)
     row[[4, 9, 17, 30]] = torch.tensor([0.95, 0.7, 0.55, 0.65])  # top-3: 4, 9, 30; 17 is 4th
     set_constant_prediction(model, row)
@@ -178,9 +206,127 @@ def test_graph_generation_keeps_top_k_above_the_threshold(tiny_datamodule):
         assert sorted(set(items.tolist())) == [4, 9, 30]
         assert torch.equal(torch.bincount(users, minlength=60), torch.full((60,), 3))
         assert model.generation_peaks[modality] == pytest.approx(0.95)
+        stats = model.generation_stats[modality]
+        assert stats["graph_edges"] == 180 and stats["graph_users"] == 60 and stats["candidate_items"] == 3
+        assert stats["graph_score_q50"] == pytest.approx(0.7)  # of 60 x (0.95, 0.7, 0.65)
     model.similarity_threshold = 0.8
     users, items = model.generate_edges()["image"]
     assert set(items.tolist()) == {4} and len(users) == 60
+
+
+def hand_built_unit_features(model: DASRec, seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {m: F.normalize(torch.randn(40, 8, generator=generator), dim=1) for m in model.modalities}
+
+
+def test_similarity_threshold_acts_on_the_cosine_of_fused_preference_and_item_features(tiny_datamodule, monkeypatch):
+    """Eq 17-19 and 21: candidates are the top-k denoised items; an edge is kept where
+    cos(z_u, e_i^m) >= threshold, z_u = (sum_m a_u^m alpha_hat^m) e^m. With one denoised row for every user
+    and modality, z_u = row @ e^m for any attention weights (they sum to one), so the cosines are known."""
+    model = build(tiny_datamodule, graph_top_k=3)
+    assert model.threshold_on == "similarity"
+    features = hand_built_unit_features(model, seed=1)
+    shared = features["image"]
+    monkeypatch.setattr(model, "similarity_item_features", lambda modality: shared)
+    row = torch.zeros(40)
+    row[[4, 9, 17, 30]] = torch.tensor([0.95, 0.7, 0.55, 0.65])  # candidates 4, 9, 30
+    set_constant_prediction(model, row)
+    z = F.normalize(row @ shared, dim=0)
+    cosines = {i: float(shared[i] @ z) for i in (4, 9, 30)}
+    ordered = sorted(cosines, key=cosines.get)
+    model.similarity_threshold = (cosines[ordered[0]] + cosines[ordered[1]]) / 2  # keeps the two most similar
+    for modality, (users, items) in model.generate_edges().items():
+        assert sorted(set(items.tolist())) == sorted(ordered[1:])
+        assert torch.equal(torch.bincount(users, minlength=60), torch.full((60,), 2))
+        assert model.generation_peaks[modality] == pytest.approx(cosines[ordered[2]], abs=1e-5)
+    model.similarity_threshold = 1.01
+    assert all(e.shape[1] == 0 for e in model.generate_edges().values())
+
+
+def test_different_attention_weights_give_different_graphs(tiny_datamodule, monkeypatch):
+    """The attention (eq 18) decides how the modalities' preferences fuse into z_u, so it shapes G^m; and
+    DASRec-a (uniform weights) generates other graphs than DASRec from the same denoisers."""
+    model = build(tiny_datamodule, graph_top_k=5, similarity_threshold=0.0)
+    features = hand_built_unit_features(model, seed=2)
+    monkeypatch.setattr(model, "similarity_item_features", lambda modality: features[modality])
+    graphs = {}
+    for name, weights in {"image only": [1.0, 0.0], "text only": [0.0, 1.0]}.items():
+        monkeypatch.setattr(model, "modality_attention_weights",
+                            lambda stacked, w=weights: stacked.new_tensor(w).expand(stacked.shape[0], -1))
+        graphs[name] = model.generate_edges()
+    for m in model.modalities:
+        assert not torch.equal(graphs["image only"][m], graphs["text only"][m])
+    monkeypatch.undo()
+
+    full = build(tiny_datamodule, graph_top_k=5, similarity_threshold=0.0)
+    uniform = build(tiny_datamodule, graph_top_k=5, similarity_threshold=0.0, use_modality_attention=False)
+    uniform.load_state_dict(full.state_dict(), strict=False)  # the same denoisers and projections
+    with torch.no_grad():  # a decisive attention: one head's scores scaled up
+        full.attention.score.mul_(50.0)
+    users = torch.arange(60)
+    rows = {m: full.denoise_users(m, users) for m in full.modalities}
+    stacked = torch.stack([rows[m] @ full.signal_item_features(m) for m in full.modalities], dim=1)
+    assert (full.modality_attention_weights(stacked) - 0.5).abs().max() > 0.1
+    edges_full, edges_uniform = full.generate_edges(), uniform.generate_edges()
+    assert any(not torch.equal(edges_full[m], edges_uniform[m]) for m in full.modalities)
+
+
+def test_denoised_row_quality_by_hand():
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.3],
+                           [0.2, 0.2, 0.8, 0.0],
+                           [0.4, 0.3, 0.2, 0.1]])
+    rows = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]]).to_sparse_csr()
+    # user 0: items 0 and 2 rank 1 and 2; user 1: item 1 ties item 0 at 0.2, behind 0.8: rank 2; user 2: item 3 is last
+    assert own_item_ranks(scores, rows).tolist() == [1, 2, 2, 4]
+    quality = denoised_row_quality(scores, rows)
+    assert quality["own_item_rank"] == 2.0  # median of 1, 2, 2, 4 (torch's lower median)
+    mean_row = F.normalize(scores.mean(0), dim=0)
+    cosines = F.normalize(scores, dim=1) @ mean_row
+    assert quality["mean_row_share"] == pytest.approx(float((cosines > 0.9).float().mean()))
+    assert 0 < quality["mean_row_share"] < 1
+
+
+def test_centred_unit_rows_remove_the_shared_direction():
+    features = torch.tensor([[3.0, 1.0], [3.0, -1.0], [3.0, 0.0]])  # every pairwise cosine above 0.8
+    centred = centred_unit_rows(features)
+    torch.testing.assert_close(centred[:2], torch.tensor([[0.0, 1.0], [0.0, -1.0]]))
+    assert torch.isnan(centred[2]).sum() == 0 and centred[2].norm() == 0  # the mean itself: a zero row
+    torch.testing.assert_close(centred_unit_rows(features, centre=False), F.normalize(features, dim=1))
+
+
+def test_the_diffusion_objective_teaches_denoisers_users_rows(tiny_datamodule):
+    """On the planted tiny data (users hold about 12 of 40 items, so a perfect denoiser ranks them around
+    6.5 and an untrained one around 20), the default objective (eq 13 weights plus signal injection)
+    teaches the denoisers users' rows: their own items rise far above random in the denoised rows."""
+    model = build(tiny_datamodule)
+    before = {m: model.denoiser_diagnostics(m)["denoiser_own_item_rank"] for m in model.modalities}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        users = torch.randperm(60, generator=generator)[:10]
+        diffusion_loss, signal_loss = model.diffusion_losses(users)
+        optimizer.zero_grad()
+        (diffusion_loss + model.lambda_msi * signal_loss).backward()
+        optimizer.step()
+    for m in model.modalities:
+        after = model.denoiser_diagnostics(m)["denoiser_own_item_rank"]
+        assert before[m] >= 18 and after <= 12, (before, after)
+
+
+def test_every_rebuild_logs_the_graph_and_denoiser_statistics(tiny_datamodule, tmp_path: Path):
+    model = build(tiny_datamodule, graph_top_k=5, similarity_threshold=0.0)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=tiny_datamodule)
+    logged = trainer.logged_metrics
+    for m in model.modalities:
+        stats = model.generation_stats[m]
+        assert 0 < stats["graph_edges"] <= 5 * 60 and 0 < stats["graph_users"] <= 60
+        assert stats["graph_score_q10"] <= stats["graph_score_q50"] <= stats["graph_score_q90"] <= 1.0
+        for name in ("graph_users", "graph_score_q50", "candidate_items", "denoiser_own_item_rank",
+                     "denoiser_mean_row_share"):
+            assert float(logged[f"train/{name}_{m}"]) == pytest.approx(stats[name])
+        assert float(logged[f"train/graph_edges_{m}"]) == stats["graph_edges"]
 
 
 def test_no_diffusion_graphs_uses_the_interaction_graph(tiny_datamodule):
@@ -399,8 +545,8 @@ def test_bfloat16_denoisers_train_and_generate_graphs(tiny_datamodule):
     """``denoiser_precision: bfloat16``: the diffusion and signal-injection losses of the float32 model (same
     weights, same draws) up to rounding, float32 gradients, and the same generated edges where no
     prediction lies near the threshold."""
-    exact = build(tiny_datamodule, denoiser_dropout=0.0)
-    mixed = build(tiny_datamodule, denoiser_dropout=0.0, denoiser_precision="bfloat16")
+    exact = build(tiny_datamodule, denoiser_dropout=0.0, threshold_on="prediction")
+    mixed = build(tiny_datamodule, denoiser_dropout=0.0, denoiser_precision="bfloat16", threshold_on="prediction")
     mixed.load_state_dict(exact.state_dict())
     users = torch.arange(20)
     results = {}
