@@ -1,18 +1,20 @@
-"""What a trained DASRec's denoisers predict, and what its generated modality graphs therefore hold.
+"""What a trained DASRec's denoisers predict, and what its generated modality graphs hold at each threshold.
 
 Loads a checkpoint written by ``lit_mmrec fit`` (with the run's saved ``config.yaml``, which names the data),
-denoises every user's training row as graph generation does (``DASRec.denoised_row_blocks``; by default the
-reverse process from the clean row), and reports per modality:
+scores every user's candidates as graph generation does (``DASRec.candidate_scores``: the top-k denoised items
+per modality, scored by the cosine of fused preference and item features, or by the prediction), and reports
+per modality:
 
-* the distribution of each user's largest prediction (the candidate the default ``graph_top_k: 1`` keeps);
-* how many users and edges each ``similarity_threshold`` would keep among the top-k candidates;
-* how well the denoiser reconstructs: the median rank of a user's training items in their denoised row
-  (1 = first; a denoiser that predicts nothing ranks them at random, around n_items / 2), and the share of
-  top-k candidates that are training items.
+* how many edges and users each ``similarity_threshold`` keeps, so one checkpoint shows how the graphs
+  shrink as the threshold rises (the graphs the run trained with used its own threshold only);
+* quantiles of the candidates' scores and the number of distinct candidate items;
+* the denoiser diagnostics the model logs at every rebuild, over all users here: the median rank of a
+  user's training items in their denoised row (1 = first; around n_items / 2 for a denoiser that predicts
+  nothing) and the share of users whose denoised row has cosine > 0.9 with the mean row.
 
     LIT_MMREC_DATA=/path/to/shared/data python benchmarks/dasrec_generated_graphs.py \
         --config <run>/lightning_logs/version_0/config.yaml \
-        --checkpoint <run>/lightning_logs/version_0/checkpoints/last.ckpt
+        --checkpoint <run>/lightning_logs/version_0/checkpoints/last.ckpt [--threshold-on prediction]
 """
 
 from __future__ import annotations
@@ -25,30 +27,42 @@ import torch
 
 from lit_mmrec.cli import cli_for_saved_run
 from lit_mmrec.models import DASRec
+from lit_mmrec.models.components import csr_rows
+from lit_mmrec.models.components.graph_generation import own_item_ranks
 
 
 @torch.no_grad()
-def denoised_row_report(model: DASRec, thresholds: list[float], top_k: int) -> dict:
+def generated_graph_report(model: DASRec, thresholds: list[float]) -> dict:
     quantiles = torch.tensor([0.1, 0.5, 0.9, 0.99, 1.0])
+    scores: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
+    candidates: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
+    users_seen: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
+    for users, block in model.candidate_scores():
+        for modality, (items, score) in block.items():
+            scores[modality].append(score)
+            candidates[modality].append(items.flatten())
+            users_seen[modality].append(users)
     report = {}
     for modality in model.modalities:
-        top_values, top_observed, observed_ranks = [], [], []
-        for users, x0_hat in model.denoised_row_blocks(modality):  # as graph generation denoises them
-            observed = model.user_rows(users) > 0
-            values, items = x0_hat.topk(top_k, dim=1)
-            top_values.append(values)
-            top_observed.append(observed.gather(1, items))
-            ranks = x0_hat.argsort(dim=1, descending=True).argsort(dim=1) + 1  # 1 = the largest prediction
-            observed_ranks.append(ranks[observed])
-        values, observed, ranks = torch.cat(top_values), torch.cat(top_observed), torch.cat(observed_ranks)
+        score, users = torch.cat(scores[modality]), torch.cat(users_seen[modality])
+        ranks, row_sum = [], torch.zeros(model.n_items)
+        for block in model.user_blocks():
+            denoised = model.denoise_users(modality, block)
+            ranks.append(own_item_ranks(denoised, csr_rows(model.graphs.train_interactions, block)))
+            row_sum += denoised.sum(dim=0)
+        mean_row = torch.nn.functional.normalize(row_sum, dim=0)
+        similar = sum(int((torch.nn.functional.normalize(model.denoise_users(modality, block), dim=1) @ mean_row
+                           > 0.9).sum()) for block in model.user_blocks())
         report[modality] = {
-            "top1_prediction_quantiles": dict(zip(["p10", "p50", "p90", "p99", "max"],
-                                                  [round(float(v), 4) for v in values[:, 0].quantile(quantiles)])),
-            "kept_at_threshold": {str(t): {"users": int((values[:, 0] >= t).sum()), "edges": int((values >= t).sum())}
+            "score_quantiles": dict(zip(["p10", "p50", "p90", "p99", "max"],
+                                        [round(float(v), 4) for v in score.flatten().float().quantile(quantiles)])),
+            "kept_at_threshold": {str(t): {"edges": int((score >= t).sum()),
+                                           "users": int(torch.unique(users[(score >= t).any(dim=1)]).numel())}
                                   for t in thresholds},
-            "training_items_median_rank": int(ranks.float().median()),
+            "candidate_items": int(torch.unique(torch.cat(candidates[modality])).numel()),
+            "own_item_rank_median": float(torch.cat(ranks).float().median()),
+            "mean_row_share": round(similar / model.n_users, 4),
             "n_items": model.n_items,
-            "top_k_share_of_training_items": round(float(observed.float().mean()), 4),
         }
     return report
 
@@ -58,7 +72,9 @@ def main() -> None:
     parser.add_argument("--config", required=True, help="the run's saved config.yaml")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.3, 0.4, 0.5, 0.6, 0.7])
-    parser.add_argument("--top-k", type=int, default=5, help="candidates per user counted at each threshold")
+    parser.add_argument("--top-k", type=int, default=None, help="candidates per user (default: the model's)")
+    parser.add_argument("--threshold-on", choices=["similarity", "prediction"], default=None,
+                        help="what the thresholds compare (default: the model's)")
     args = parser.parse_args()
     cli = cli_for_saved_run(Path(args.config))
     model, datamodule = cli.model, cli.datamodule
@@ -69,8 +85,13 @@ def main() -> None:
     model.on_graphs_ready()
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     model.load_state_dict(checkpoint["state_dict"])
-    report = {"checkpoint": args.checkpoint, "epoch": checkpoint["epoch"],
-              "modalities": denoised_row_report(model, args.thresholds, args.top_k)}
+    model.eval()
+    if args.top_k is not None:
+        model.graph_top_k = min(args.top_k, model.n_items)
+    if args.threshold_on is not None:
+        model.threshold_on = args.threshold_on
+    report = {"checkpoint": args.checkpoint, "epoch": checkpoint["epoch"], "graph_top_k": model.graph_top_k,
+              "threshold_on": model.threshold_on, "modalities": generated_graph_report(model, args.thresholds)}
     print(json.dumps(report, indent=2))
 
 

@@ -30,26 +30,27 @@ def test_benchmark_script_imports_without_running(script):
 
 
 def test_generated_graph_report_by_hand(tiny_datamodule):
-    """Denoisers that predict 1, 1 - 1/(I-1), ... 0 for items 0, 1, ... I-1 in every row: every user's top-1 is
-    item 0 at 1.0, a training item of the user ranks at its index + 1, and the thresholds count by hand."""
+    """Denoisers that predict 1, 1 - 1/(I-1), ... 0 for items 0, 1, ... I-1 in every row, thresholded on the
+    prediction: every user's candidates are items 0-2, a training item of the user ranks at its index + 1,
+    every row is the mean row, and the thresholds count by hand."""
     from tests.models.test_dasrec import build, set_constant_prediction
 
-    model = build(tiny_datamodule)
+    model = build(tiny_datamodule, graph_top_k=3, threshold_on="prediction")
     n_items = model.n_items
     set_constant_prediction(model, torch.linspace(1.0, 0.0, n_items))
     model.rebuild_batch_size = 7  # several blocks of users, the last one partial
-    report = load_script("dasrec_generated_graphs").denoised_row_report(model, [0.99, 0.96, 2.0], top_k=3)
+    report = load_script("dasrec_generated_graphs").generated_graph_report(model, [0.99, 0.96, 2.0])
     train = tiny_datamodule.graphs.train_interactions.to_dense() > 0
     items = torch.nonzero(train)[:, 1]
     for modality in model.modalities:
         entry = report[modality]
-        assert entry["top1_prediction_quantiles"] == {key: 1.0 for key in ("p10", "p50", "p90", "p99", "max")}
+        assert entry["score_quantiles"]["max"] == 1.0 and entry["candidate_items"] == 3
         # top-3 values 1, 0.974, 0.949: one edge per user kept at 0.99, two at 0.96, none above 1
         assert entry["kept_at_threshold"] == {"0.99": {"users": model.n_users, "edges": model.n_users},
                                               "0.96": {"users": model.n_users, "edges": 2 * model.n_users},
                                               "2.0": {"users": 0, "edges": 0}}
-        assert entry["training_items_median_rank"] == int((items + 1).float().median())
-        assert entry["top_k_share_of_training_items"] == round(float(train[:, :3].float().mean()), 4)
+        assert entry["own_item_rank_median"] == float((items + 1).float().median())
+        assert entry["mean_row_share"] == 1.0
 
 
 def test_dasrec_epoch_options_read_as_yaml():
