@@ -28,7 +28,7 @@ import yaml
 
 from lit_mmrec.data import DiffMMPickles, RecDataModule, Synthetic
 from lit_mmrec.models import DASRec
-from lit_mmrec.models.dasrec import diffusion_plan
+from lit_mmrec.models.components.graph_generation import diffusion_plan
 from lit_mmrec.runtime import keep_freed_memory_for_reuse
 
 
@@ -102,7 +102,7 @@ def main() -> None:
         if args.max_steps is not None:
             batches = batches[: args.max_steps]
         start = now()
-        model._generated_edges, model._graphs_eval = None, {}
+        model.generator.edges, model._graphs_eval = None, {}
         model._ensure_eval_graphs()  # generation, as at the start of every DASRec epoch
         model._graphs_train = model._build_graphs(model.graph_keep_rate, model.epoch_generator(epoch))
         generated = now()

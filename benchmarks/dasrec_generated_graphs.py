@@ -1,7 +1,7 @@
 """What a trained DASRec's denoisers predict, and what its generated modality graphs hold at each threshold.
 
 Loads a checkpoint written by ``lit_mmrec fit`` (with the run's saved ``config.yaml``, which names the data),
-scores every user's candidates as graph generation does (``DASRec.candidate_scores``: the top-k denoised items
+scores every user's candidates as graph generation does (``ModalityGraphGenerator.candidate_scores``: the top-k denoised items
 per modality, scored by the cosine of fused preference and item features, or by the prediction), and reports
 per modality:
 
@@ -37,7 +37,7 @@ def generated_graph_report(model: DASRec, thresholds: list[float]) -> dict:
     scores: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
     candidates: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
     users_seen: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
-    for users, block in model.candidate_scores():
+    for users, block in model.generator.candidate_scores(model.generator_features()):
         for modality, (items, score) in block.items():
             scores[modality].append(score)
             candidates[modality].append(items.flatten())
@@ -46,13 +46,13 @@ def generated_graph_report(model: DASRec, thresholds: list[float]) -> dict:
     for modality in model.modalities:
         score, users = torch.cat(scores[modality]), torch.cat(users_seen[modality])
         ranks, row_sum = [], torch.zeros(model.n_items)
-        for block in model.user_blocks():
-            denoised = model.denoise_users(modality, block)
+        for block in model.generator.user_blocks():
+            denoised = model.generator.denoise_users(modality, block)
             ranks.append(own_item_ranks(denoised, csr_rows(model.graphs.train_interactions, block)))
             row_sum += denoised.sum(dim=0)
         mean_row = torch.nn.functional.normalize(row_sum, dim=0)
-        similar = sum(int((torch.nn.functional.normalize(model.denoise_users(modality, block), dim=1) @ mean_row
-                           > 0.9).sum()) for block in model.user_blocks())
+        similar = sum(int((torch.nn.functional.normalize(model.generator.denoise_users(modality, block), dim=1) @ mean_row
+                           > 0.9).sum()) for block in model.generator.user_blocks())
         report[modality] = {
             "score_quantiles": dict(zip(["p10", "p50", "p90", "p99", "max"],
                                         [round(float(v), 4) for v in score.flatten().float().quantile(quantiles)])),
@@ -87,11 +87,11 @@ def main() -> None:
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     if args.top_k is not None:
-        model.graph_top_k = min(args.top_k, model.n_items)
+        model.generator.graph_top_k = min(args.top_k, model.n_items)
     if args.threshold_on is not None:
-        model.threshold_on = args.threshold_on
-    report = {"checkpoint": args.checkpoint, "epoch": checkpoint["epoch"], "graph_top_k": model.graph_top_k,
-              "threshold_on": model.threshold_on, "modalities": generated_graph_report(model, args.thresholds)}
+        model.generator.threshold_on = args.threshold_on
+    report = {"checkpoint": args.checkpoint, "epoch": checkpoint["epoch"], "graph_top_k": model.generator.graph_top_k,
+              "threshold_on": model.generator.threshold_on, "modalities": generated_graph_report(model, args.thresholds)}
     print(json.dumps(report, indent=2))
 
 

@@ -38,7 +38,7 @@ def test_generated_graph_report_by_hand(tiny_datamodule):
     model = build(tiny_datamodule, graph_top_k=3, threshold_on="prediction")
     n_items = model.n_items
     set_constant_prediction(model, torch.linspace(1.0, 0.0, n_items))
-    model.rebuild_batch_size = 7  # several blocks of users, the last one partial
+    model.generator.rebuild_batch_size = 7  # several blocks of users, the last one partial
     report = load_script("dasrec_generated_graphs").generated_graph_report(model, [0.99, 0.96, 2.0])
     train = tiny_datamodule.graphs.train_interactions.to_dense() > 0
     items = torch.nonzero(train)[:, 1]

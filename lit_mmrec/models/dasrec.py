@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
 from itertools import combinations
 from typing import Any, Literal
 
@@ -17,85 +15,25 @@ from lit_mmrec.models.base import RecommenderModule, gather_batch, user_item_tab
 from lit_mmrec.models.components import (
     bpr_loss,
     combine_layers,
-    csr_rows,
-    dense_rows,
     gather_rows,
     info_nce,
     info_nce_against,
     propagate,
     propagate_rows,
-    row_block,
     sparse_matmul,
     squared_norm,
 )
-from lit_mmrec.models.components.diffusion import (
-    GaussianDiffusion,
-    MLPDenoiser,
-    fast_reverse,
-    linear_noise_schedule,
-)
 from lit_mmrec.models.components.graph_generation import (
+    AttentionActivation,
+    ModalityGraphGenerator,
+    SignalFeatures,
+    SparsityReference,
     ThresholdOn,
-    candidate_similarity,
-    centred_unit_rows,
-    denoised_row_quality,
+    diffusion_plan,
 )
 from lit_mmrec.models.components.precision import ProductPrecision, compute_dtype, warn_if_emulated
 
-SparsityReference = Literal["n_items", "max_degree"]
 ContrastiveNegatives = Literal["batch", "all"]
-AttentionActivation = Literal["tanh", "sigmoid"]
-SignalFeatures = Literal["projected", "normalised"]
-
-
-class ModalityAttention(nn.Module):
-    """Per-user modality weights (eq 18): ``a_u^m = mean_h softmax_m(w_h^T sigma(W_h z_u^m + b_h))``.
-
-    ``heads`` independent scoring heads, each a one-hidden-layer network of width ``hidden_dim``;
-    each head's weights are a softmax over the M modalities, and the heads are averaged, so the
-    weights of a user always sum to one.
-    """
-
-    def __init__(self, dim: int, heads: int = 4, hidden_dim: int = 64, activation: AttentionActivation = "tanh"
-                 ) -> None:
-        super().__init__()
-        if heads < 1:
-            raise ValueError(f"attention needs at least one head, got {heads}")
-        self.heads, self.hidden_dim = heads, hidden_dim
-        self.project = nn.Linear(dim, heads * hidden_dim)
-        self.score = nn.Parameter(torch.empty(heads, hidden_dim))
-        nn.init.xavier_uniform_(self.project.weight)
-        nn.init.zeros_(self.project.bias)
-        nn.init.xavier_uniform_(self.score)
-        self.activation = torch.tanh if activation == "tanh" else torch.sigmoid
-
-    def forward(self, preferences: torch.Tensor) -> torch.Tensor:
-        """Weights [B, M] from per-modality preferences ``z`` [B, M, d]."""
-        batch, modalities, _ = preferences.shape
-        hidden = self.activation(self.project(preferences)).view(batch, modalities, self.heads, self.hidden_dim)
-        logits = (hidden * self.score).sum(dim=-1)  # [B, M, H]
-        return logits.softmax(dim=1).mean(dim=2)
-
-
-def diffusion_plan(n_users: int, n_batches: int, batch_size: int | None, seed: int, epoch: int, rank: int = 0,
-                   world_size: int = 1, device: torch.device | str = "cpu") -> dict[int, torch.Tensor]:
-    """Which users' rows each training step of an epoch diffuses: batch index -> user ids.
-
-    Every process takes its share (``rank::world_size``) of one permutation of the users drawn from
-    ``seed`` and ``epoch`` (the same on every process), split into chunks of equal size (within one):
-    with ``batch_size`` None one chunk per batch (fewer chunks, cycled over the batches, when there are
-    fewer users than batches), else ``ceil(share / batch_size)`` chunks placed on evenly spaced batches
-    ``floor(c * n_batches / n_chunks)``. Every process gets the same number of chunks, on the same batches.
-    """
-    generator = torch.Generator().manual_seed(seed + 7919 * epoch)
-    share = torch.randperm(n_users, generator=generator)[rank::world_size].to(device)
-    n_batches = max(1, n_batches)
-    per_process = math.ceil(n_users / world_size)
-    if batch_size is None:
-        chunks = torch.tensor_split(share, max(1, min(n_batches, per_process)))
-        return {b: chunks[b % len(chunks)] for b in range(n_batches)}
-    n_chunks = max(1, min(n_batches, math.ceil(per_process / batch_size)))
-    return {c * n_batches // n_chunks: chunk for c, chunk in enumerate(torch.tensor_split(share, n_chunks))}
 
 
 class DASRec(RecommenderModule):
@@ -227,6 +165,12 @@ class DASRec(RecommenderModule):
           default). The TikTok config uses 2, which validates higher than 1 at each of three seeds and
           higher than 3 on average.
 
+    Structure: the diffusion, the denoisers, the attention, the candidate and threshold rules and the edges
+    of the last generation belong to one component, :class:`~lit_mmrec.models.components.graph_generation.
+    ModalityGraphGenerator` (``self.generator``; None without diffusion graphs), which DiffMM configures too.
+    DASRec owns the recommender: the ID tables, Trans, the graphs built from the generated edges, the
+    contrastive views and the aggregation.
+
     Ablations (paper Table IV): ``sparsity_scaled_noise=False`` is DASRec-n's plain diffusion;
     ``use_diffusion_graphs=False`` removes the diffusion and its graphs altogether (views and
     aggregation use the interaction graph in place of G^m); ``use_modality_attention=False`` is DASRec-a
@@ -291,44 +235,22 @@ class DASRec(RecommenderModule):
         super().__init__(n_users, n_items, feature_dims=feature_dims, **kwargs)
         if not 0.0 < graph_keep_rate <= 1.0:
             raise ValueError(f"graph_keep_rate must be in (0, 1], got {graph_keep_rate}")
-        if not 0 <= sampling_steps <= diffusion_steps:
-            raise ValueError(f"sampling_steps must be in 0..diffusion_steps ({diffusion_steps}), got {sampling_steps}")
-        if graph_top_k < 1 or rebuild_every_n_epochs < 1:
-            raise ValueError("graph_top_k and rebuild_every_n_epochs must be >= 1")
-        if threshold_on not in ("similarity", "prediction"):
-            raise ValueError(f"threshold_on must be 'similarity' or 'prediction', got {threshold_on!r}")
+        if rebuild_every_n_epochs < 1:
+            raise ValueError(f"rebuild_every_n_epochs must be >= 1, got {rebuild_every_n_epochs}")
         if diffusion_batch_size is not None and diffusion_batch_size < 1:
             raise ValueError(f"diffusion_batch_size must be >= 1 or null (spread over every step), "
                              f"got {diffusion_batch_size}")
-        if use_diffusion_graphs and use_modality_attention and not fused_signal_injection:
-            raise ValueError("use_modality_attention needs fused_signal_injection: the attention weights reach "
-                             "the model only through the fused signal-injection term (eq 19-20)")
+        if denoiser_lr_scale <= 0:
+            raise ValueError(f"denoiser_lr_scale must be positive, got {denoiser_lr_scale}")
         self.modalities = list(self.feature_dims)
         self.n_layers = n_layers
         self.use_diffusion_graphs = use_diffusion_graphs
-        self.sparsity_scaled_noise = sparsity_scaled_noise
-        self.sparsity_reference = sparsity_reference
-        self.sampling_steps = sampling_steps
-        self.reweight_steps = reweight_steps
         self.diffusion_weight = diffusion_weight
         self.diffusion_batch_size = diffusion_batch_size
-        self.denoiser_dropout = denoiser_dropout
-        self.denoiser_precision = denoiser_precision
-        if denoiser_lr_scale <= 0:
-            raise ValueError(f"denoiser_lr_scale must be positive, got {denoiser_lr_scale}")
         self.denoiser_lr_scale = denoiser_lr_scale
-        self.use_modality_attention = use_modality_attention
         self.lambda_msi = lambda_msi
-        self.signal_features = signal_features
-        self.fused_signal_injection = fused_signal_injection
-        self.similarity_threshold = similarity_threshold
-        self.threshold_on = threshold_on
-        self.centre_similarity_features = centre_similarity_features
-        self.diagnostic_users = diagnostic_users
-        self.graph_top_k = min(graph_top_k, n_items)
         self.graph_keep_rate = graph_keep_rate
         self.rebuild_every_n_epochs = rebuild_every_n_epochs
-        self.rebuild_batch_size = rebuild_batch_size
         self.modality_graph_weight = modality_graph_weight
         self.omega = omega
         self.lambda_cl, self.tau = lambda_cl, tau
@@ -343,218 +265,62 @@ class DASRec(RecommenderModule):
             nn.init.xavier_uniform_(projection.weight)
             nn.init.zeros_(projection.bias)
         self.modality_logits = nn.Parameter(torch.full((len(self.modalities),), 1.0 / len(self.modalities)))
-        if use_diffusion_graphs:
-            self.diffusion = GaussianDiffusion(linear_noise_schedule(diffusion_steps, noise_scale, noise_min, noise_max,
-                                                                     first_step_noise))
-            self.denoisers = nn.ModuleDict({
-                m: MLPDenoiser(n_items, denoiser_hidden, denoiser_time_dim, denoiser_dropout,
-                                precision=denoiser_precision) for m in self.modalities
-            })
-            if use_modality_attention:
-                self.attention = ModalityAttention(embedding_dim, attention_heads, attention_hidden, attention_activation)
-        # generated modality graphs: edges (users, items) per modality, and the normalised graphs built from them
-        self._generated_edges: dict[str, torch.Tensor] | None = None
+        self.generator = ModalityGraphGenerator(
+            n_users, n_items, self.modalities, embedding_dim, sparsity_scaled_noise=sparsity_scaled_noise,
+            sparsity_reference=sparsity_reference, diffusion_steps=diffusion_steps, noise_scale=noise_scale,
+            noise_min=noise_min, noise_max=noise_max, first_step_noise=first_step_noise,
+            sampling_steps=sampling_steps, reweight_steps=reweight_steps, denoiser_hidden=denoiser_hidden,
+            denoiser_time_dim=denoiser_time_dim, denoiser_dropout=denoiser_dropout,
+            denoiser_precision=denoiser_precision, use_modality_attention=use_modality_attention,
+            attention_heads=attention_heads, attention_hidden=attention_hidden,
+            attention_activation=attention_activation, signal_features=signal_features,
+            fused_signal_injection=fused_signal_injection, similarity_threshold=similarity_threshold,
+            threshold_on=threshold_on, centre_similarity_features=centre_similarity_features,
+            graph_top_k=graph_top_k, rebuild_batch_size=rebuild_batch_size, diagnostic_users=diagnostic_users,
+        ) if use_diffusion_graphs else None
+        # the normalised graphs built from the generator's edges, for training (edge dropout) and evaluation
         self._graphs_train: dict[str, torch.Tensor] = {}
         self._graphs_eval: dict[str, torch.Tensor] = {}
         self._diffusion_plan: dict[int, torch.Tensor] = {}  # batch index in the epoch -> users to diffuse
         self._batch_in_epoch = 0
-        # per modality, of the last generation: the largest score the threshold acted on, and the statistics logged
-        self.generation_peaks: dict[str, float] = {}
-        self.generation_stats: dict[str, dict[str, float]] = {}
         self._warned_sparse_graphs: set[str] = set()
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The denoisers learn at ``denoiser_lr_scale`` times the optimizer's rate (DiffMM gives them an
         optimizer of their own), everything else at the optimizer's."""
-        if not self.use_diffusion_graphs or self.denoiser_lr_scale == 1.0:
+        if self.generator is None or self.denoiser_lr_scale == 1.0:
             return super().parameter_groups()
-        denoising = {id(p) for p in self.denoisers.parameters()}
+        denoising = {id(p) for p in self.generator.denoisers.parameters()}
         return [{"params": [p for p in self.parameters() if id(p) not in denoising]},
-                {"params": list(self.denoisers.parameters()), "lr_scale": self.denoiser_lr_scale}]
+                {"params": list(self.generator.denoisers.parameters()), "lr_scale": self.denoiser_lr_scale}]
 
     # ---- data-derived tensors ----
     def on_graphs_ready(self) -> None:
         device = self.graphs.norm_adjacency.device
-        if self.use_diffusion_graphs:
-            warn_if_emulated(self.denoiser_precision, device)
+        if self.generator is not None:
+            warn_if_emulated(self.generator.denoiser_precision, device)
+            self.generator.set_interactions(self.graphs.train_interactions)
         warn_if_emulated(self.contrastive_precision, device, "contrastive_precision")
-        train = self.graphs.train_interactions
-        degree = (train.crow_indices()[1:] - train.crow_indices()[:-1]).float()
-        reference = float(self.n_items) if self.sparsity_reference == "n_items" else float(degree.max().clamp(min=1))
-        self.user_sparsity = 1.0 - degree / reference  # eq 3, [n_users]
         self._graphs_train, self._graphs_eval = {}, {}
-
-    def user_rows(self, users: torch.Tensor) -> torch.Tensor:
-        """Training-interaction rows alpha_0 [B, n_items] of ``users``, densified per batch."""
-        return dense_rows(self.graphs.train_interactions, users)
-
-    def row_scale(self, users: torch.Tensor) -> torch.Tensor | None:
-        return self.user_sparsity[users] if self.sparsity_scaled_noise else None
 
     # ---- modality features ----
     def projected_features(self, modality: str) -> torch.Tensor:
         """Trans(f^m) [n_items, d]."""
         return self.projections[modality](self.graphs.features[modality])
 
-    def signal_item_features(self, modality: str) -> torch.Tensor:
-        """e^m of eq 17 and 20 [n_items, d], detached (``signal_features``)."""
-        features = self.projected_features(modality).detach()
-        return F.normalize(features, dim=1) if self.signal_features == "normalised" else features
+    def generator_features(self) -> dict[str, torch.Tensor]:
+        """Trans(f^m) [n_items, d] per modality, detached: what the generator's losses and rules see."""
+        return {m: self.projected_features(m).detach() for m in self.modalities}
 
-    # ---- diffusion (eq 2-20) ----
+    # ---- diffusion (eq 2-20) and graph generation ----
     def diffusion_losses(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed x0 objective (eq 16) and signal-injection loss (eq 17-20) for a batch of users."""
-        rows = csr_rows(self.graphs.train_interactions, users)  # alpha_0, sparse [B, n_items]
-        x0 = rows.to_dense()  # [B, n_items]
-        scale = self.row_scale(users)
-        item_ids = self.id_embedding[self.n_users:].detach()
-        structure = torch.sparse.mm(rows, item_ids)  # alpha_0 E_id [B, d], from the sparse rows
-        t = torch.randint(1, self.diffusion.steps + 1, (len(users),), device=x0.device)
-        # one draw per row shared by the modalities, DiffMM's input dropout (also shared) applied to it
-        x_t = self.diffusion.q_sample_rows(rows, t, row_scale=scale,
-                                           dropout=self.denoiser_dropout if self.training else 0.0)
-        diffusion_loss = x0.new_zeros(())
-        signal_loss = x0.new_zeros(())
-        preferences = []
-        for modality in self.modalities:
-            x0_hat = self.denoisers[modality](x_t, t, input_dropout=False)
-            per_row = (x0_hat - x0).pow(2).mean(dim=1)
-            if self.reweight_steps:
-                per_row = per_row * self.step_weights(t, scale)
-            diffusion_loss = diffusion_loss + per_row.mean()
-            preference = x0_hat @ self.signal_item_features(modality)  # z_u^m, eq 17 [B, d]
-            signal_loss = signal_loss + (preference - structure).pow(2).mean()  # eq 20
-            preferences.append(preference)
-        if self.fused_signal_injection:
-            stacked = torch.stack(preferences, dim=1)  # [B, M, d]
-            weights = self.modality_attention_weights(stacked)  # [B, M]
-            fused = (weights.unsqueeze(-1) * stacked).sum(dim=1)  # eq 19
-            signal_loss = signal_loss + (fused - structure).pow(2).mean()
-        return diffusion_loss, signal_loss
+        """Summed x0 objective (eq 13-16) and signal-injection loss (eq 17-20) for a batch of users."""
+        return self.generator.losses(users, self.id_embedding[self.n_users:].detach(), self.generator_features())
 
-    def modality_attention_weights(self, preferences: torch.Tensor) -> torch.Tensor:
-        """a_u [B, M] (eq 18), or uniform 1/M without attention (DASRec-a)."""
-        if self.use_modality_attention:
-            return self.attention(preferences)
-        batch, modalities, _ = preferences.shape
-        return preferences.new_full((batch, modalities), 1.0 / modalities)
-
-    def step_weights(self, t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-        """DiffMM's per-row weights SNR(t - 1) - SNR(t), and 1 at t = 1."""
-        terms = self.diffusion.step_terms(t, scale)
-        snr_t = (terms.bar / terms.noise_bar).squeeze(-1)
-        snr_prev = (terms.bar_prev / terms.noise_prev.clamp(min=1e-12)).squeeze(-1)
-        return torch.where(t == 1, torch.ones_like(snr_t), snr_prev - snr_t)
-
-    @torch.no_grad()
-    def denoise_users(self, modality: str, users: torch.Tensor) -> torch.Tensor:
-        """Denoised rows alpha_hat_0 [B, n_items] of ``users``, as graph generation computes them: the
-        modality's denoiser (in eval mode) run by the reverse process from the clean row (DiffMM's
-        ``sampling_steps = 0``) or from the row noised to ``sampling_steps``."""
-        denoiser = self.denoisers[modality]
-        was_training = denoiser.training
-        denoiser.eval()
-        try:
-            scale = self.row_scale(users)
-            if self.sampling_steps > 0:
-                t = torch.full((len(users),), self.sampling_steps, dtype=torch.long, device=users.device)
-                x_start = self.diffusion.q_sample(self.user_rows(users), t, row_scale=scale)
-            else:  # the clean rows, kept sparse: the first product costs nnz x H, not B x n_items x H
-                x_start = csr_rows(self.graphs.train_interactions, users)
-            return fast_reverse(self.diffusion, denoiser, x_start, self.diffusion.steps, scale)
-        finally:
-            denoiser.train(was_training)
-
-    def user_blocks(self) -> Iterator[torch.Tensor]:
-        """Consecutive blocks of ``rebuild_batch_size`` user ids covering every user."""
-        device = self.id_embedding.device
-        for start in range(0, self.n_users, self.rebuild_batch_size):
-            yield torch.arange(start, min(start + self.rebuild_batch_size, self.n_users), device=device)
-
-    @torch.no_grad()
-    def denoised_row_blocks(self, modality: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """``(users, alpha_hat_0)`` for every block of ``rebuild_batch_size`` users (:meth:`denoise_users`)."""
-        for users in self.user_blocks():
-            yield users, self.denoise_users(modality, users)
-
-    def similarity_item_features(self, modality: str) -> torch.Tensor:
-        """The unit item features [n_items, d] the similarity threshold compares users with: e^m of eq 21,
-        ``Norm(Trans(f^m))``, centred first when ``centre_similarity_features``."""
-        return centred_unit_rows(self.projected_features(modality).detach(), self.centre_similarity_features)
-
-    def fused_preferences(self, denoised: dict[str, torch.Tensor], item_features: dict[str, torch.Tensor]
-                          ) -> dict[str, torch.Tensor]:
-        """z_u [B, d] per modality m (eq 17-19): the users' attention-fused denoised rows
-        ``sum_m' a_u^m' alpha_hat^m'`` embedded with modality m's features ``item_features[m]``, so that each
-        G^m compares users and items in one feature space. The attention weights a_u are those signal
-        injection computes, from the per-modality preferences ``alpha_hat^m Trans(f^m)``."""
-        stacked = torch.stack([denoised[m] @ self.signal_item_features(m) for m in self.modalities], dim=1)
-        weights = self.modality_attention_weights(stacked)  # [B, M]
-        fused_rows = sum(weights[:, j: j + 1] * denoised[m] for j, m in enumerate(self.modalities))  # [B, n_items]
-        return {m: fused_rows @ item_features[m] for m in self.modalities}
-
-    @torch.no_grad()
-    def candidate_scores(self) -> Iterator[tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]]:
-        """``(users, {modality: (items, scores)})`` for every block of users: each user's ``graph_top_k``
-        highest denoised items per modality [B, k] and the scores [B, k] the threshold acts on, the cosine
-        between the user's fused preference z_u and the item's features e^m (``threshold_on: similarity``)
-        or the denoised value (``prediction``)."""
-        similarity = self.threshold_on == "similarity"
-        features = {m: self.similarity_item_features(m) for m in self.modalities} if similarity else {}
-        for users in self.user_blocks():
-            denoised = {m: self.denoise_users(m, users) for m in self.modalities}
-            fused = self.fused_preferences(denoised, features) if similarity else {}
-            block = {}
-            for modality in self.modalities:
-                values, items = denoised[modality].topk(self.graph_top_k, dim=1)  # [B, k]
-                block[modality] = (items, candidate_similarity(fused[modality], items, features[modality])
-                                   if similarity else values)
-            yield users, block
-
-    @torch.no_grad()
     def generate_edges(self) -> dict[str, torch.Tensor]:
-        """Edges [2, E] (users; items) of each modality graph: the candidates of :meth:`candidate_scores`
-        whose score reaches ``similarity_threshold``. Also fills ``generation_stats`` (what
-        :meth:`report_generated_graphs` logs)."""
-        kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in self.modalities}
-        scores: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
-        candidates = {m: torch.zeros(self.n_items, dtype=torch.bool, device=self.id_embedding.device)
-                      for m in self.modalities}
-        for users, block in self.candidate_scores():
-            for modality, (items, score) in block.items():
-                keep = score >= self.similarity_threshold
-                kept[modality].append((users.unsqueeze(1).expand_as(items)[keep], items[keep]))
-                scores[modality].append(score.flatten())
-                candidates[modality][items.flatten()] = True
-        edges = {m: torch.stack([torch.cat([u for u, _ in kept[m]]), torch.cat([i for _, i in kept[m]])])
-                 for m in self.modalities}
-        self.generation_stats = {}
-        for modality, (users, _) in edges.items():
-            score = torch.cat(scores[modality]).float()
-            q10, q50, q90 = score.quantile(score.new_tensor([0.1, 0.5, 0.9])).tolist()
-            self.generation_peaks[modality] = float(score.max())
-            self.generation_stats[modality] = {
-                "graph_edges": float(users.numel()),
-                "graph_users": float(torch.unique(users).numel()),
-                "graph_score_q10": q10, "graph_score_q50": q50, "graph_score_q90": q90,
-                "candidate_items": float(candidates[modality].sum()),
-                **self.denoiser_diagnostics(modality),
-            }
-        return edges
-
-    @torch.no_grad()
-    def denoiser_diagnostics(self, modality: str) -> dict[str, float]:
-        """:func:`denoised_row_quality` of the modality's denoiser over a fixed random sample of
-        ``diagnostic_users`` users (the same sample at every rebuild); empty when ``diagnostic_users`` is 0."""
-        if self.diagnostic_users <= 0:
-            return {}
-        generator = torch.Generator().manual_seed(0)
-        sample = torch.randperm(self.n_users, generator=generator)[: self.diagnostic_users]
-        sample = sample.sort().values.to(self.id_embedding.device)
-        quality = denoised_row_quality(self.denoise_users(modality, sample),
-                                       csr_rows(self.graphs.train_interactions, sample))
-        return {"denoiser_own_item_rank": quality["own_item_rank"],
-                "denoiser_mean_row_share": quality["mean_row_share"]}
+        """Generates the edges [2, E] (users; items) of each modality graph from every user's denoised rows
+        (:meth:`ModalityGraphGenerator.generate`)."""
+        return self.generator.generate(self.generator_features())
 
     def report_generated_graphs(self) -> None:
         """Logs, per modality, ``train/<statistic>_<modality>`` of the last generation (``graph_edges``,
@@ -564,20 +330,21 @@ class DASRec(RecommenderModule):
         100 users in a graph generated after the first epoch (the untrained denoisers of epoch 0 predict
         nothing): such a G^m is (nearly) the identity, and the diffusion branch then reaches the
         recommender through nothing."""
-        for modality, edges in self._generated_edges.items():
+        generator = self.generator
+        for modality, edges in generator.edges.items():
             count = int(edges.shape[1])
             self.log(f"train/graph_edges_{modality}", float(count), sync_dist=True)
-            for name, value in self.generation_stats.get(modality, {}).items():
+            for name, value in generator.stats.get(modality, {}).items():
                 if name != "graph_edges":
                     self.log(f"train/{name}_{modality}", value, sync_dist=True)
-            peak = self.generation_peaks.get(modality)
+            peak = generator.peaks.get(modality)
             if 100 * count < self.n_users and peak is not None and self.current_epoch > 0 \
                     and modality not in self._warned_sparse_graphs:
                 self._warned_sparse_graphs.add(modality)
                 rank_zero_warn(
-                    f"DASRec: similarity_threshold={self.similarity_threshold} kept {count} edges of the "
+                    f"DASRec: similarity_threshold={generator.similarity_threshold} kept {count} edges of the "
                     f"generated {modality} graph for {self.n_users} users (epoch {self.current_epoch}; the "
-                    f"largest {self.threshold_on} score of a candidate was {peak:.3f}), so G^{modality} is "
+                    f"largest {generator.threshold_on} score of a candidate was {peak:.3f}), so G^{modality} is "
                     "nearly the identity. Lower similarity_threshold, or raise graph_top_k; "
                     "train/graph_edges_<modality> and train/graph_score_q50_<modality> log the sizes and scores.")
 
@@ -586,7 +353,7 @@ class DASRec(RecommenderModule):
         return {
             m: generated_bipartite_graph(e[0].to(device), e[1].to(device), self.n_users, self.n_items,
                                          keep_rate, generator)
-            for m, e in self._generated_edges.items()
+            for m, e in self.generator.edges.items()
         }
 
     def modality_graphs(self) -> dict[str, torch.Tensor]:
@@ -598,8 +365,8 @@ class DASRec(RecommenderModule):
 
     def _ensure_eval_graphs(self) -> dict[str, torch.Tensor]:
         """The full generated graphs, generating the edges first if there are none yet."""
-        if self._generated_edges is None:
-            self._generated_edges = self.generate_edges()
+        if self.generator.edges is None:
+            self.generate_edges()
         if not self._graphs_eval:
             self._graphs_eval = self._build_graphs(1.0, None)
         return self._graphs_eval
@@ -610,7 +377,7 @@ class DASRec(RecommenderModule):
             return
         epoch = self.current_epoch
         if epoch % self.rebuild_every_n_epochs == 0:
-            self._generated_edges, self._graphs_eval = None, {}
+            self.generator.edges, self._graphs_eval = None, {}
         graphs_eval = self._ensure_eval_graphs()
         self.report_generated_graphs()
         self._graphs_train = self._build_graphs(self.graph_keep_rate, self.epoch_generator(epoch)) \
@@ -756,10 +523,14 @@ class DASRec(RecommenderModule):
 
     # ---- checkpoints carry the generated graphs ----
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._generated_edges is not None:
-            checkpoint["dasrec_generated_edges"] = {m: e.cpu() for m, e in self._generated_edges.items()}
+        if self.generator is not None and self.generator.edges is not None:
+            checkpoint["dasrec_generated_edges"] = {m: e.cpu() for m, e in self.generator.edges.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for old in [k for k in state if k.startswith(("denoisers.", "attention."))]:  # written before the generator
+            state[f"generator.{old}"] = state.pop(old)
         edges = checkpoint.get("dasrec_generated_edges")
-        self._generated_edges = None if edges is None else dict(edges)
+        if self.generator is not None:
+            self.generator.edges = None if edges is None else dict(edges)
         self._graphs_train, self._graphs_eval = {}, {}

@@ -16,7 +16,7 @@ from lit_mmrec.models import DASRec
 from lit_mmrec.models.components import info_nce, info_nce_against
 from lit_mmrec.models.components.graph_generation import centred_unit_rows, denoised_row_quality, own_item_ranks
 from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, fast_reverse, linear_noise_schedule
-from lit_mmrec.models.dasrec import ModalityAttention, diffusion_plan
+from lit_mmrec.models.components.graph_generation import ModalityAttention, diffusion_plan
 from tests.conftest import EchoDenoiser, assert_only_contrastive_term_rounded, paired_losses
 
 
@@ -35,9 +35,9 @@ def test_user_sparsity_is_eq_3(tiny_datamodule):
     model = build(tiny_datamodule)
     train = tiny_datamodule.data.train
     degree = torch.tensor(train.getnnz(axis=1), dtype=torch.float32)
-    torch.testing.assert_close(model.user_sparsity, 1 - degree / 40)
+    torch.testing.assert_close(model.generator.user_sparsity, 1 - degree / 40)
     by_max = build(tiny_datamodule, sparsity_reference="max_degree")
-    torch.testing.assert_close(by_max.user_sparsity, 1 - degree / degree.max())
+    torch.testing.assert_close(by_max.generator.user_sparsity, 1 - degree / degree.max())
 
 
 def test_sparsity_scaled_schedule_is_eq_6():
@@ -96,9 +96,9 @@ def test_diffusion_objective_is_eq_16_x0_mse(tiny_datamodule, signal_features):
     model = build(tiny_datamodule, denoiser_dropout=0.0, signal_features=signal_features, reweight_steps=False)
     users = torch.tensor([0, 3, 7])
 
-    x0 = model.user_rows(users)
+    x0 = model.generator.user_rows(users)
     predictions = {m: torch.rand_like(x0) for m in model.modalities}
-    model.denoisers = torch.nn.ModuleDict({m: EchoDenoiser(p) for m, p in predictions.items()})
+    model.generator.denoisers = torch.nn.ModuleDict({m: EchoDenoiser(p) for m, p in predictions.items()})
     diffusion_loss, signal_loss = model.diffusion_losses(users)
     expected = sum((p - x0).pow(2).mean() for p in predictions.values())
     torch.testing.assert_close(diffusion_loss, expected)
@@ -109,7 +109,7 @@ def test_diffusion_objective_is_eq_16_x0_mse(tiny_datamodule, signal_features):
         features = {m: f / f.norm(dim=1, keepdim=True) for m, f in features.items()}  # eq 21's Norm
     z = {m: p @ features[m] for m, p in predictions.items()}
     stacked = torch.stack([z[m] for m in model.modalities], dim=1)
-    weights = model.attention(stacked)
+    weights = model.generator.attention(stacked)
     fused = (weights.unsqueeze(-1) * stacked).sum(1)
     expected_signal = sum((z[m] - structure).pow(2).mean() for m in model.modalities) + (fused - structure).pow(2).mean()
     torch.testing.assert_close(signal_loss, expected_signal)
@@ -120,23 +120,23 @@ def test_default_step_weights_are_eq_13_under_x0_parameterisation(tiny_datamodul
     coef_x0(t)^2 / (2 sigma^2(t)) on ||alpha_hat - alpha_0||^2; the default weights it by SNR(t-1) - SNR(t),
     which is twice that (the constant factor Adam ignores), and eq 15's L_0 (t = 1) by 1."""
     model = build(tiny_datamodule)
-    assert model.reweight_steps
+    assert model.generator.reweight_steps
     users = torch.arange(10)
-    scale = model.row_scale(users)
-    for step in range(1, model.diffusion.steps + 1):
+    scale = model.generator.row_scale(users)
+    for step in range(1, model.generator.diffusion.steps + 1):
         t = torch.full((10,), step)
-        weights = model.step_weights(t, scale)
+        weights = model.generator.step_weights(t, scale)
         if step == 1:
             torch.testing.assert_close(weights, torch.ones(10))
             continue
-        _, coef_x0, variance = model.diffusion.posterior_coefficients(t, scale)
+        _, coef_x0, variance = model.generator.diffusion.posterior_coefficients(t, scale)
         torch.testing.assert_close(weights, (coef_x0.pow(2) / variance).squeeze(1), rtol=1e-4, atol=0.0)
     # and the objective uses them: a prediction off by the same amount at every step weighs more at t = 2
-    x0 = model.user_rows(users)
-    model.denoisers = torch.nn.ModuleDict({m: EchoDenoiser(x0 + 0.1) for m in model.modalities})
+    x0 = model.generator.user_rows(users)
+    model.generator.denoisers = torch.nn.ModuleDict({m: EchoDenoiser(x0 + 0.1) for m in model.modalities})
     torch.manual_seed(0)
     weighted, _ = model.diffusion_losses(users)
-    model.reweight_steps = False
+    model.generator.reweight_steps = False
     torch.manual_seed(0)
     unweighted, _ = model.diffusion_losses(users)
     assert float(weighted) > 10 * float(unweighted)
@@ -146,7 +146,7 @@ def test_dense_rows_are_the_training_rows(tiny_datamodule):
     model = build(tiny_datamodule)
     users = torch.tensor([5, 0, 5, 59])
     expected = torch.from_numpy(tiny_datamodule.data.train[users.numpy()].toarray()).float()
-    torch.testing.assert_close(model.user_rows(users), expected)
+    torch.testing.assert_close(model.generator.user_rows(users), expected)
 
 
 # ---- modality attention (eq 17-19) ----
@@ -166,7 +166,7 @@ def test_attention_weights_sum_to_one_per_user():
 def test_no_attention_means_uniform_weights(tiny_datamodule):
     model = build(tiny_datamodule, use_modality_attention=False)
     assert not hasattr(model, "attention")
-    weights = model.modality_attention_weights(torch.randn(4, 2, 8))
+    weights = model.generator.attention_weights(torch.randn(4, 2, 8))
     torch.testing.assert_close(weights, torch.full((4, 2), 0.5))
 
 
@@ -189,7 +189,7 @@ def test_generated_graph_is_symmetric_normalised_with_self_loops():
 
 def set_constant_prediction(model: DASRec, row: torch.Tensor) -> None:
     """Make every denoiser predict ``row`` for every user (zero output weights, bias = row)."""
-    for denoiser in model.denoisers.values():
+    for denoiser in model.generator.denoisers.values():
         with torch.no_grad():
             denoiser.output_layer.weight.zero_()
             denoiser.output_layer.bias.copy_(row)
@@ -205,11 +205,11 @@ def test_graph_generation_keeps_top_k_predictions_above_the_threshold(tiny_datam
         users, items = edges[modality]
         assert sorted(set(items.tolist())) == [4, 9, 30]
         assert torch.equal(torch.bincount(users, minlength=60), torch.full((60,), 3))
-        assert model.generation_peaks[modality] == pytest.approx(0.95)
-        stats = model.generation_stats[modality]
+        assert model.generator.peaks[modality] == pytest.approx(0.95)
+        stats = model.generator.stats[modality]
         assert stats["graph_edges"] == 180 and stats["graph_users"] == 60 and stats["candidate_items"] == 3
         assert stats["graph_score_q50"] == pytest.approx(0.7)  # of 60 x (0.95, 0.7, 0.65)
-    model.similarity_threshold = 0.8
+    model.generator.similarity_threshold = 0.8
     users, items = model.generate_edges()["image"]
     assert set(items.tolist()) == {4} and len(users) == 60
 
@@ -224,22 +224,22 @@ def test_similarity_threshold_acts_on_the_cosine_of_fused_preference_and_item_fe
     cos(z_u, e_i^m) >= threshold, z_u = (sum_m a_u^m alpha_hat^m) e^m. With one denoised row for every user
     and modality, z_u = row @ e^m for any attention weights (they sum to one), so the cosines are known."""
     model = build(tiny_datamodule, graph_top_k=3)
-    assert model.threshold_on == "similarity"
+    assert model.generator.threshold_on == "similarity"
     features = hand_built_unit_features(model, seed=1)
     shared = features["image"]
-    monkeypatch.setattr(model, "similarity_item_features", lambda modality: shared)
+    monkeypatch.setattr(model.generator, "similarity_item_features", lambda features: {m: shared for m in features})
     row = torch.zeros(40)
     row[[4, 9, 17, 30]] = torch.tensor([0.95, 0.7, 0.55, 0.65])  # candidates 4, 9, 30
     set_constant_prediction(model, row)
     z = F.normalize(row @ shared, dim=0)
     cosines = {i: float(shared[i] @ z) for i in (4, 9, 30)}
     ordered = sorted(cosines, key=cosines.get)
-    model.similarity_threshold = (cosines[ordered[0]] + cosines[ordered[1]]) / 2  # keeps the two most similar
+    model.generator.similarity_threshold = (cosines[ordered[0]] + cosines[ordered[1]]) / 2  # keeps the two most similar
     for modality, (users, items) in model.generate_edges().items():
         assert sorted(set(items.tolist())) == sorted(ordered[1:])
         assert torch.equal(torch.bincount(users, minlength=60), torch.full((60,), 2))
-        assert model.generation_peaks[modality] == pytest.approx(cosines[ordered[2]], abs=1e-5)
-    model.similarity_threshold = 1.01
+        assert model.generator.peaks[modality] == pytest.approx(cosines[ordered[2]], abs=1e-5)
+    model.generator.similarity_threshold = 1.01
     assert all(e.shape[1] == 0 for e in model.generate_edges().values())
 
 
@@ -248,10 +248,10 @@ def test_different_attention_weights_give_different_graphs(tiny_datamodule, monk
     DASRec-a (uniform weights) generates other graphs than DASRec from the same denoisers."""
     model = build(tiny_datamodule, graph_top_k=5, similarity_threshold=0.0)
     features = hand_built_unit_features(model, seed=2)
-    monkeypatch.setattr(model, "similarity_item_features", lambda modality: features[modality])
+    monkeypatch.setattr(model.generator, "similarity_item_features", lambda _: features)
     graphs = {}
     for name, weights in {"image only": [1.0, 0.0], "text only": [0.0, 1.0]}.items():
-        monkeypatch.setattr(model, "modality_attention_weights",
+        monkeypatch.setattr(model.generator, "attention_weights",
                             lambda stacked, w=weights: stacked.new_tensor(w).expand(stacked.shape[0], -1))
         graphs[name] = model.generate_edges()
     for m in model.modalities:
@@ -262,11 +262,12 @@ def test_different_attention_weights_give_different_graphs(tiny_datamodule, monk
     uniform = build(tiny_datamodule, graph_top_k=5, similarity_threshold=0.0, use_modality_attention=False)
     uniform.load_state_dict(full.state_dict(), strict=False)  # the same denoisers and projections
     with torch.no_grad():  # a decisive attention: one head's scores scaled up
-        full.attention.score.mul_(50.0)
+        full.generator.attention.score.mul_(50.0)
     users = torch.arange(60)
-    rows = {m: full.denoise_users(m, users) for m in full.modalities}
-    stacked = torch.stack([rows[m] @ full.signal_item_features(m) for m in full.modalities], dim=1)
-    assert (full.modality_attention_weights(stacked) - 0.5).abs().max() > 0.1
+    rows = {m: full.generator.denoise_users(m, users) for m in full.modalities}
+    signal = full.generator.signal_item_features(full.generator_features())
+    stacked = torch.stack([rows[m] @ signal[m] for m in full.modalities], dim=1)
+    assert (full.generator.attention_weights(stacked) - 0.5).abs().max() > 0.1
     edges_full, edges_uniform = full.generate_edges(), uniform.generate_edges()
     assert any(not torch.equal(edges_full[m], edges_uniform[m]) for m in full.modalities)
 
@@ -299,7 +300,7 @@ def test_the_diffusion_objective_teaches_denoisers_users_rows(tiny_datamodule):
     6.5 and an untrained one around 20), the default objective (eq 13 weights plus signal injection)
     teaches the denoisers users' rows: their own items rise far above random in the denoised rows."""
     model = build(tiny_datamodule)
-    before = {m: model.denoiser_diagnostics(m)["denoiser_own_item_rank"] for m in model.modalities}
+    before = {m: model.generator.diagnostics(m)["denoiser_own_item_rank"] for m in model.modalities}
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(0)
     for _ in range(300):
@@ -309,7 +310,7 @@ def test_the_diffusion_objective_teaches_denoisers_users_rows(tiny_datamodule):
         (diffusion_loss + model.lambda_msi * signal_loss).backward()
         optimizer.step()
     for m in model.modalities:
-        after = model.denoiser_diagnostics(m)["denoiser_own_item_rank"]
+        after = model.generator.diagnostics(m)["denoiser_own_item_rank"]
         assert before[m] >= 18 and after <= 12, (before, after)
 
 
@@ -320,7 +321,7 @@ def test_every_rebuild_logs_the_graph_and_denoiser_statistics(tiny_datamodule, t
     trainer.fit(model, datamodule=tiny_datamodule)
     logged = trainer.logged_metrics
     for m in model.modalities:
-        stats = model.generation_stats[m]
+        stats = model.generator.stats[m]
         assert 0 < stats["graph_edges"] <= 5 * 60 and 0 < stats["graph_users"] <= 60
         assert stats["graph_score_q10"] <= stats["graph_score_q50"] <= stats["graph_score_q90"] <= 1.0
         for name in ("graph_users", "graph_score_q50", "candidate_items", "denoiser_own_item_rank",
@@ -340,8 +341,8 @@ def test_no_diffusion_graphs_uses_the_interaction_graph(tiny_datamodule):
 
 def test_plain_diffusion_switch_drops_the_sparsity_scaling(tiny_datamodule):
     model = build(tiny_datamodule, sparsity_scaled_noise=False)
-    assert model.row_scale(torch.tensor([0, 1])) is None
-    assert build(tiny_datamodule).row_scale(torch.tensor([0, 1])) is not None
+    assert model.generator.row_scale(torch.tensor([0, 1])) is None
+    assert build(tiny_datamodule).generator.row_scale(torch.tensor([0, 1])) is not None
 
 
 # ---- cross-modal contrastive learning (eq 21-28) and aggregation (eq 29-32) ----
@@ -519,8 +520,8 @@ def test_dasrec_trains_and_restores_its_generated_graphs(tiny_datamodule, tmp_pa
     validated = trainer.validate(model, datamodule=tiny_datamodule, verbose=False)[0]["val/recall@20"]
 
     restored = DASRec.load_from_checkpoint(path)
-    saved_edges = model._generated_edges
-    assert all(torch.equal(restored._generated_edges[m], saved_edges[m]) for m in model.modalities)
+    saved_edges = model.generator.edges
+    assert all(torch.equal(restored.generator.edges[m], saved_edges[m]) for m in model.modalities)
     again = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                       callbacks=[RankingEvaluator(ks=[20])], default_root_dir=tmp_path)
     assert again.validate(restored, datamodule=tiny_datamodule, verbose=False)[0]["val/recall@20"] == pytest.approx(validated)
@@ -556,17 +557,17 @@ def test_bfloat16_denoisers_train_and_generate_graphs(tiny_datamodule):
     for got, expected in zip(results["mixed"], results["exact"]):
         torch.testing.assert_close(got, expected, rtol=2e-2, atol=1e-5)
     sum(results["mixed"]).backward()
-    weight = mixed.denoisers["image"].output_layer.weight
+    weight = mixed.generator.denoisers["image"].output_layer.weight
     assert weight.dtype == weight.grad.dtype == torch.float32 and weight.grad.abs().sum() > 0
     # graphs: threshold the float32 model's top predictions far from any edge, then both models agree
-    exact.graph_top_k = mixed.graph_top_k = 3
+    exact.generator.graph_top_k = mixed.generator.graph_top_k = 3
     with torch.no_grad():
-        top = torch.cat([fast_reverse(exact.diffusion, exact.denoisers[m].eval(), exact.user_rows(torch.arange(60)), 5,
-                                      exact.row_scale(torch.arange(60))).topk(3, dim=1).values.flatten()
+        top = torch.cat([fast_reverse(exact.generator.diffusion, exact.generator.denoisers[m].eval(), exact.generator.user_rows(torch.arange(60)), 5,
+                                      exact.generator.row_scale(torch.arange(60))).topk(3, dim=1).values.flatten()
                          for m in exact.modalities]).sort().values
     gaps = top[1:] - top[:-1]
     middle = int(gaps[len(gaps) // 4: 3 * len(gaps) // 4].argmax()) + len(gaps) // 4  # a wide gap mid-range
-    exact.similarity_threshold = mixed.similarity_threshold = float(top[middle] + top[middle + 1]) / 2
+    exact.generator.similarity_threshold = mixed.generator.similarity_threshold = float(top[middle] + top[middle + 1]) / 2
     assert gaps[middle] > 1e-2 * top.abs().max()  # wide enough for bfloat16's rounding
     edges_exact, edges_mixed = exact.generate_edges(), mixed.generate_edges()
     for m in exact.modalities:

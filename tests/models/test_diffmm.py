@@ -26,10 +26,10 @@ def build(datamodule: RecDataModule, **kwargs) -> DiffMM:
 
 def test_diffmm_leaves_out_what_dasrec_adds(tiny_datamodule):
     model = build(tiny_datamodule)
-    assert not model.sparsity_scaled_noise and model.row_scale(torch.arange(4)) is None  # one schedule for all
-    assert not hasattr(model, "attention") and not model.fused_signal_injection
-    assert model.similarity_threshold == float("-inf") and model.reweight_steps
-    assert model.diffusion.noise_bar[0].item() == pytest.approx(1e-4, rel=1e-6)  # DiffMM's fixed first beta
+    assert not model.generator.sparsity_scaled_noise and model.generator.row_scale(torch.arange(4)) is None  # one schedule for all
+    assert not hasattr(model.generator, "attention") and not model.generator.fused_signal_injection
+    assert model.generator.similarity_threshold == float("-inf") and model.generator.reweight_steps
+    assert model.generator.diffusion.noise_bar[0].item() == pytest.approx(1e-4, rel=1e-6)  # DiffMM's fixed first beta
     assert (model.use_modality_anchor, model.use_main_anchor) == (True, False)  # cl_method 0
     main = build(tiny_datamodule, contrast_with="main")
     assert (main.use_modality_anchor, main.use_main_anchor) == (False, True)  # cl_method 1
@@ -42,9 +42,9 @@ def test_diffusion_objective_has_diffmm_step_weights_and_per_modality_signal_inj
     model = build(tiny_datamodule, denoiser_dropout=0.0, diffusion_steps=steps, noise_scale=scale,
                   noise_min=g_min, noise_max=g_max)
     users = torch.tensor([0, 3, 7, 8, 11])
-    x0 = model.user_rows(users)
+    x0 = model.generator.user_rows(users)
     predictions = {m: torch.rand_like(x0) for m in model.modalities}
-    model.denoisers = torch.nn.ModuleDict({m: EchoDenoiser(p) for m, p in predictions.items()})
+    model.generator.denoisers = torch.nn.ModuleDict({m: EchoDenoiser(p) for m, p in predictions.items()})
     torch.manual_seed(3)
     diffusion_loss, signal_loss = model.diffusion_losses(users)
 
@@ -54,8 +54,8 @@ def test_diffusion_objective_has_diffmm_step_weights_and_per_modality_signal_inj
     gamma_bar = diffmm_gamma_bar(steps, scale, g_min, g_max, first_beta=1e-4)
     snr = [g / (1 - g) for g in gamma_bar]
     weight = {1: 1.0, **{t: snr[t - 2] - snr[t - 1] for t in range(2, steps + 1)}}
-    t = model.denoisers[model.modalities[0]].steps[0]
-    assert all(torch.equal(model.denoisers[m].steps[0], t) for m in model.modalities)  # one draw, shared
+    t = model.generator.denoisers[model.modalities[0]].steps[0]
+    assert all(torch.equal(model.generator.denoisers[m].steps[0], t) for m in model.modalities)  # one draw, shared
     row_weights = torch.tensor([weight[int(step)] for step in t])
     expected = sum((row_weights * (p - x0).pow(2).mean(dim=1)).mean() for p in predictions.values())
     torch.testing.assert_close(diffusion_loss, expected)
@@ -69,7 +69,7 @@ def test_diffusion_objective_has_diffmm_step_weights_and_per_modality_signal_inj
 
 def test_every_user_gets_its_top_k_edges_whatever_the_predictions(tiny_datamodule):
     model = build(tiny_datamodule, graph_top_k=2)
-    for denoiser in model.denoisers.values():  # predictions far below any threshold DASRec would use
+    for denoiser in model.generator.denoisers.values():  # predictions far below any threshold DASRec would use
         torch.nn.init.constant_(denoiser.output_layer.bias, -50.0)
     edges = model.generate_edges()
     for modality in model.modalities:
