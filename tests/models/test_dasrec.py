@@ -527,6 +527,35 @@ def test_dasrec_trains_and_restores_its_generated_graphs(tiny_datamodule, tmp_pa
     assert again.validate(restored, datamodule=tiny_datamodule, verbose=False)[0]["val/recall@20"] == pytest.approx(validated)
 
 
+def test_checkpoints_from_before_the_generator_component_still_load(tiny_datamodule):
+    """State dicts whose denoiser and attention weights sit at the model's top level (``denoisers.*``,
+    ``attention.*``) load into ``generator.*``."""
+    model = build(tiny_datamodule)
+    state = {k.removeprefix("generator."): v.clone() + 1.0 for k, v in model.state_dict().items()}
+    checkpoint = {"state_dict": state, "dasrec_generated_edges": {m: torch.zeros(2, 0, dtype=torch.long)
+                                                                   for m in model.modalities}}
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])
+    weight = model.generator.denoisers["image"].output_layer.weight
+    assert torch.equal(weight, state["generator.denoisers.image.output_layer.weight"])
+    assert model.generator.edges["image"].shape == (2, 0)
+
+
+def test_denoisers_learn_at_their_own_rate(tiny_datamodule):
+    model = build(tiny_datamodule, denoiser_lr_scale=10.0)
+    model.optimizer_factory = lambda params: torch.optim.Adam(params, lr=1e-3)
+    optimizer = model.configure_optimizers()
+    rest, denoising = optimizer.param_groups
+    assert rest["lr"] == pytest.approx(1e-3) and denoising["lr"] == pytest.approx(1e-2)
+    assert {id(p) for p in denoising["params"]} == {id(p) for p in model.generator.denoisers.parameters()}
+    assert len(rest["params"]) + len(denoising["params"]) == len(list(model.parameters()))
+    plain = build(tiny_datamodule)
+    plain.optimizer_factory = model.optimizer_factory
+    assert len(plain.configure_optimizers().param_groups) == 1
+    with pytest.raises(ValueError, match="denoiser_lr_scale"):
+        build(tiny_datamodule, denoiser_lr_scale=0.0)
+
+
 def test_a_threshold_above_every_prediction_is_reported(tiny_datamodule, tmp_path: Path):
     """An empty generated graph is logged as 0 edges and, from the second epoch's graphs on (epoch 0's come
     from untrained denoisers), warned about once per modality, not per epoch."""
