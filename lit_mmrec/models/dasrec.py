@@ -175,6 +175,54 @@ class DASRec(RecommenderModule):
     ``use_diffusion_graphs=False`` removes the diffusion and its graphs altogether (views and
     aggregation use the interaction graph in place of G^m); ``use_modality_attention=False`` is DASRec-a
     (uniform 1/M weights in eq 19).
+
+    Args:
+        n_users: number of users (linked from the data module).
+        n_items: number of items (linked from the data module).
+        feature_dims: width of each modality's item features, ``{name: d_m}`` (linked from the data module).
+        embedding_dim: width d of the ID embeddings and of every projected modality feature.
+        n_layers: L, the propagations over the interaction graph in eq 24-25 and 31.
+        use_diffusion_graphs: generate the modality graphs G^m by diffusion (False: DASRec-n without them).
+        sparsity_scaled_noise: scale each user's noise by s_u (eq 3-6; False: DASRec-n's plain diffusion).
+        sparsity_reference: M in eq 3, ``n_items`` or ``max_degree``.
+        diffusion_steps: T, the diffusion steps.
+        noise_scale: s, the noise strength of eq 6.
+        noise_min: gamma_min of the linear schedule (eq 6).
+        noise_max: gamma_max of the linear schedule (eq 6).
+        first_step_noise: replaces the first step's noise 1 - gamma_1 (None: eq 6's own).
+        sampling_steps: noise steps applied to the clean row before graph generation's reverse process.
+        reweight_steps: weight the x0 objective per step as eq 13 does (False: eq 16 unweighted).
+        denoiser_hidden: width of each denoiser's hidden layer.
+        denoiser_time_dim: width of the denoisers' step embedding.
+        denoiser_dropout: input dropout of the denoisers in training.
+        denoiser_precision: arithmetic of the denoisers' products, ``float32`` or ``bfloat16``.
+        denoiser_lr_scale: the denoisers' learning rate as a multiple of the optimizer's.
+        diffusion_weight: weight of the x0 objective in the total loss.
+        diffusion_batch_size: users per diffusion batch (None: every step diffuses its share of users).
+        use_modality_attention: per-user modality attention (eq 18; False: DASRec-a, uniform weights).
+        attention_heads: scoring heads of the attention.
+        attention_hidden: hidden width of each attention head.
+        attention_activation: sigma of eq 18, ``tanh`` or ``sigmoid``.
+        lambda_msi: weight of the signal-injection loss (eq 20).
+        signal_features: e^m of eq 17 and 20, ``projected`` (Trans(f^m)) or ``normalised`` (eq 21's).
+        fused_signal_injection: add the signal-injection term of the attention-fused preference.
+        similarity_threshold: the sim-threshold: the score a candidate needs to become an edge of G^m.
+        threshold_on: what the threshold compares, ``similarity`` (cosine of z_u and e_i^m) or ``prediction``.
+        centre_similarity_features: centre the item features before the similarity's normalisation.
+        graph_top_k: candidates per user and modality, the highest denoised items.
+        graph_keep_rate: edge keep rate of the generated graphs in training (DiffMM's edge dropout).
+        rebuild_every_n_epochs: regenerate the graphs every this many epochs.
+        rebuild_batch_size: users per block when generating graphs.
+        diagnostic_users: users sampled for the denoiser diagnostics logged at each rebuild (0: none).
+        modality_graph_weight: weight of the G^m term of the aggregation (DiffMM's ``ris_adj_lambda``).
+        omega: weight of the normalised residual of eq 32 (DiffMM's ``ris_lambda``).
+        lambda_cl: weight of the contrastive loss (eq 35).
+        tau: InfoNCE temperature.
+        use_modality_anchor: contrast modality pairs (eq 26).
+        use_main_anchor: contrast the main view with each modality (eq 27).
+        contrastive_negatives: InfoNCE negatives, ``batch`` (the batch's nodes) or ``all`` (every node).
+        contrastive_precision: arithmetic of the InfoNCE similarity products, ``float32`` or ``bfloat16``.
+        **kwargs: :class:`~lit_mmrec.models.base.RecommenderModule`'s (``optimizer``, ``scheduler``).
     """
 
     requires_features = True
