@@ -8,9 +8,9 @@ per modality:
 * how many edges and users each ``similarity_threshold`` keeps, so one checkpoint shows how the graphs
   shrink as the threshold rises (the graphs the run trained with used its own threshold only);
 * quantiles of the candidates' scores and the number of distinct candidate items;
-* the denoiser diagnostics the model logs at every rebuild, over all users here: the median rank of a
-  user's training items in their denoised row (1 = first; around n_items / 2 for a denoiser that predicts
-  nothing) and the share of users whose denoised row has cosine > 0.9 with the mean row.
+* the denoiser diagnostics the model logs at every rebuild, over all users here: the median over users of
+  each user's median rank of their training items in their denoised row (1 = first; around n_items / 2
+  for a denoiser that predicts nothing) and the share of users whose denoised row has cosine > 0.9 with the mean row.
 
     LIT_MMREC_DATA=/path/to/shared/data python benchmarks/dasrec_generated_graphs.py \
         --config <run>/lightning_logs/version_0/config.yaml \
@@ -28,7 +28,7 @@ import torch
 from lit_mmrec.cli import cli_for_saved_run
 from lit_mmrec.models import DASRec
 from lit_mmrec.models.components import csr_rows
-from lit_mmrec.models.components.graph_generation import own_item_ranks
+from lit_mmrec.models.components.graph_generation import own_item_ranks, user_median_ranks
 
 
 @torch.no_grad()
@@ -48,7 +48,8 @@ def generated_graph_report(model: DASRec, thresholds: list[float]) -> dict:
         ranks, row_sum = [], torch.zeros(model.n_items)
         for block in model.generator.user_blocks():
             denoised = model.generator.denoise_users(modality, block)
-            ranks.append(own_item_ranks(denoised, csr_rows(model.graphs.train_interactions, block)))
+            rows = csr_rows(model.graphs.train_interactions, block)
+            ranks.append(user_median_ranks(own_item_ranks(denoised, rows), rows))
             row_sum += denoised.sum(dim=0)
         mean_row = torch.nn.functional.normalize(row_sum, dim=0)
         similar = sum(int((torch.nn.functional.normalize(model.generator.denoise_users(modality, block), dim=1) @ mean_row

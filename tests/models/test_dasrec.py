@@ -14,7 +14,12 @@ from lit_mmrec.data.graphs import generated_bipartite_graph
 from lit_mmrec.metrics import RankingEvaluator
 from lit_mmrec.models import DASRec
 from lit_mmrec.models.components import info_nce, info_nce_against
-from lit_mmrec.models.components.graph_generation import centred_unit_rows, denoised_row_quality, own_item_ranks
+from lit_mmrec.models.components.graph_generation import (
+    centred_unit_rows,
+    denoised_row_quality,
+    own_item_ranks,
+    user_median_ranks,
+)
 from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, fast_reverse, linear_noise_schedule
 from lit_mmrec.models.components.graph_generation import ModalityAttention, diffusion_plan
 from tests.conftest import EchoDenoiser, assert_only_contrastive_term_rounded, paired_losses
@@ -273,18 +278,24 @@ def test_different_attention_weights_give_different_graphs(tiny_datamodule, monk
 
 
 def test_denoised_row_quality_by_hand():
-    scores = torch.tensor([[0.9, 0.1, 0.5, 0.3],
-                           [0.2, 0.2, 0.8, 0.0],
-                           [0.4, 0.3, 0.2, 0.1]])
-    rows = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]]).to_sparse_csr()
-    # user 0: items 0 and 2 rank 1 and 2; user 1: item 1 ties item 0 at 0.2, behind 0.8: rank 2; user 2: item 3 is last
-    assert own_item_ranks(scores, rows).tolist() == [1, 2, 2, 4]
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.3, 0.0],
+                           [0.2, 0.2, 0.8, 0.0, 0.1],
+                           [0.4, 0.3, 0.2, 0.1, 0.0],
+                           [0.0, 0.1, 0.2, 0.3, 0.4]])
+    rows = torch.tensor([[1.0, 0, 1, 1, 1], [0, 1, 0, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 0]]).to_sparse_csr()
+    # user 0: items 0, 2, 3, 4 rank 1, 2, 3, 5; user 1: item 1 ties item 0 at 0.2, behind 0.8: rank 2;
+    # user 2: item 3 ranks 4; user 3 holds nothing
+    assert own_item_ranks(scores, rows).tolist() == [1, 2, 3, 5, 2, 4]
+    assert user_median_ranks(own_item_ranks(scores, rows), rows).tolist() == [2, 2, 4]  # lower medians
     quality = denoised_row_quality(scores, rows)
-    assert quality["own_item_rank"] == 2.0  # median of 1, 2, 2, 4 (torch's lower median)
+    assert quality["own_item_rank"] == 2.0  # median of users' 2, 2, 4 (the pairs' median would be 2.5 -> 2)
     mean_row = F.normalize(scores.mean(0), dim=0)
     cosines = F.normalize(scores, dim=1) @ mean_row
     assert quality["mean_row_share"] == pytest.approx(float((cosines > 0.9).float().mean()))
     assert 0 < quality["mean_row_share"] < 1
+    # a heavy user whose items all rank first does not outvote the three others
+    heavy_rows = torch.tensor([[1.0, 1, 1, 1, 0], [0, 0, 0, 0, 1], [0, 0, 0, 0, 1], [0, 0, 0, 0, 1]]).to_sparse_csr()
+    assert denoised_row_quality(torch.tensor([[5.0, 4, 3, 2, 1]] * 4), heavy_rows)["own_item_rank"] == 5.0
 
 
 def test_centred_unit_rows_remove_the_shared_direction():

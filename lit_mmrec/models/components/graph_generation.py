@@ -61,15 +61,27 @@ def own_item_ranks(scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return larger[owner, position] + 1
 
 
+def user_median_ranks(ranks: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Each user's (lower) median of ``ranks`` [nnz] given in the CSR order of ``rows``, for the users
+    with at least one stored entry [n_users_with_entries]."""
+    crow = rows.crow_indices()
+    degree = crow.diff()
+    owner = torch.repeat_interleave(torch.arange(len(degree), device=crow.device), degree)
+    ordered = ranks[torch.argsort(owner * (int(ranks.max()) + 1 if ranks.numel() else 1) + ranks)]
+    has = degree > 0
+    return ordered[crow[:-1][has] + (degree[has] - 1) // 2]
+
+
 def denoised_row_quality(scores: torch.Tensor, rows: torch.Tensor, similar: float = 0.9) -> dict[str, float]:
     """How well denoised rows ``scores`` [B, n] reconstruct the users' observed rows ``rows`` (CSR [B, n]).
 
-    * ``own_item_rank``: the median rank of users' observed items in their denoised rows (1 = first; a
-      denoiser that has learnt nothing ranks them around n / 2);
+    * ``own_item_rank``: the median over users of each user's median rank of their observed items in their
+      denoised row (1 = first; a denoiser that has learnt nothing ranks them around n / 2). Every user
+      counts once, however many items they hold (on TikTok 103 users hold 71% of the training pairs);
     * ``mean_row_share``: the share of users whose denoised row has cosine > ``similar`` with the mean
       denoised row (near 1 when the denoiser predicts one row for everybody).
     """
-    ranks = own_item_ranks(scores, rows)
+    ranks = user_median_ranks(own_item_ranks(scores, rows), rows)
     mean_row = F.normalize(scores.mean(dim=0), dim=0)
     cosine = F.normalize(scores, dim=1) @ mean_row
     return {
