@@ -85,6 +85,7 @@ def main() -> None:
     model.graphs = datamodule.graphs
     model.on_graphs_ready()
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    model.on_load_checkpoint(checkpoint)  # as Lightning restores a model: older key names, the generated edges
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     if args.top_k is not None:
