@@ -46,8 +46,9 @@ class DASRec(RecommenderModule):
         user's sparsity ``s_u = 1 - |alpha_u| / M`` (eq 3) and noise strength s = ``noise_scale``.
         One x0-predicting MLP denoiser per modality (eq 14; DiffMM's ``Denoise``: input dropout,
         ``Linear(n_items + time_dim, denoiser_hidden) -> tanh -> Linear(.., n_items)``), trained with
-        eq 16 ``||x0_hat(alpha_t, t) - alpha_0||^2``, t uniform in 1..T. Reverse steps use the
-        posterior of eq 10-12 with Sigma fixed to sigma^2(t) (eq 13).
+        ``||x0_hat(alpha_t, t) - alpha_0||^2``, t uniform in 1..T, weighted per step as eq 13 weighs it
+        (``reweight_steps``; unweighted, it is eq 16). Reverse steps use the posterior of eq 10-12 with
+        Sigma fixed to sigma^2(t) (eq 13).
     Modality attention and signal injection (eq 17-20)
         ``z_u^m = alpha_hat_u^m E^m`` (eq 17) from the denoiser's prediction and the modality's
         projected item features; ``a_u = ModalityAttention(z_u)`` (eq 18, ``attention_heads`` heads);
