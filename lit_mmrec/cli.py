@@ -13,6 +13,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger
 
 from lit_mmrec.data import RecDataModule
+from lit_mmrec.data.interactions import DataFormatError
 from lit_mmrec.metrics import BestAndLastCheckpoint, RankingEvaluator, TopKPredictionWriter, TrainingTelemetry
 from lit_mmrec.models import RecommenderModule
 from lit_mmrec.runtime import keep_freed_memory_for_reuse, release_process_group
@@ -151,7 +152,13 @@ def main(args: list[str] | None = None) -> None:
 
         compare_main(argv[1:])
         return
-    build_cli(args)
+    try:
+        build_cli(args)
+    except DataFormatError as error:  # bad input data: the message names the file, the field and the fix
+        if os.environ.get("LIT_MMREC_DEBUG", "0") not in ("", "0"):
+            raise
+        print(f"lit_mmrec: error: {error}\n(set LIT_MMREC_DEBUG=1 for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
     release_process_group()  # DDP on CPU: gloo must not outlive the interpreter (see the function)
 
 

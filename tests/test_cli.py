@@ -89,6 +89,27 @@ def test_console_script_help_lists_model_options():
     assert "mean" in result.stdout and "sum" in result.stdout
 
 
+def test_bad_input_data_is_a_message_not_a_traceback(tmp_path: Path, monkeypatch, capsys):
+    """A data error ends the command with its message (file, field, fix) and exit status 2; the traceback
+    only with LIT_MMREC_DEBUG=1."""
+    from lit_mmrec.cli import main
+    from lit_mmrec.data.interactions import DataFormatError
+
+    monkeypatch.setenv("LIT_MMREC_DATA", str(tmp_path / "absent"))
+    monkeypatch.delenv("LIT_MMREC_DEBUG", raising=False)
+    args = ["fit", "--config", str(REPO_ROOT / "configs" / "experiment" / "lightgcn_baby.yaml"),
+            "--trainer.default_root_dir", str(tmp_path), "--data.cache_dir", str(tmp_path / "cache")]
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"lit_mmrec: error: dataset root {tmp_path / 'absent' / 'baby'} does not exist" in err
+    assert "set LIT_MMREC_DATA" in err and "Traceback" not in err
+    monkeypatch.setenv("LIT_MMREC_DEBUG", "1")
+    with pytest.raises(DataFormatError, match="does not exist"):
+        main(args)
+
+
 def test_bad_monitor_is_reported(tmp_path: Path):
     with pytest.raises(ValueError, match="not computed"):
         run_cli("fit", *base_args(tmp_path), "--evaluation.ks", "[5]")

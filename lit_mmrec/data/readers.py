@@ -43,7 +43,10 @@ def _resolve(root: str | os.PathLike) -> Path:
             f"${{oc.env:LIT_MMREC_DATA}}/baby in a config) so runs do not depend on the working directory"
         )
     if not path.is_dir():
-        raise DataFormatError(f"dataset root {path} does not exist or is not a directory")
+        raise DataFormatError(
+            f"dataset root {path} does not exist or is not a directory; point the dataset's root at the folder "
+            "that holds its files (the configs read ${LIT_MMREC_DATA}/<name>: set LIT_MMREC_DATA to the folder "
+            "of your datasets, or pass --data.dataset.init_args.root)")
     return path
 
 
