@@ -1,9 +1,9 @@
 """What a trained DASRec's denoisers predict, and what its generated modality graphs hold at each threshold.
 
 Loads a checkpoint written by ``lit_mmrec fit`` (with the run's saved ``config.yaml``, which names the data),
-scores every user's candidates as graph generation does (``ModalityGraphGenerator.candidate_scores``: the top-k denoised items
-per modality, scored by the cosine of fused preference and item features, or by the prediction), and reports
-per modality:
+scores every user's candidates as graph generation does (``ModalityGraphGenerator.candidate_scores``: the
+top-k denoised items per modality, scored by the cosine of fused preference and item features, or by the
+prediction), and reports per modality:
 
 * how many edges and users each ``similarity_threshold`` keeps, so one checkpoint shows how the graphs
   shrink as the threshold rises (the graphs the run trained with used its own threshold only);
@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from lit_mmrec.cli import cli_for_saved_run
 from lit_mmrec.models import DASRec
@@ -51,9 +52,9 @@ def generated_graph_report(model: DASRec, thresholds: list[float]) -> dict:
             rows = csr_rows(model.graphs.train_interactions, block)
             ranks.append(user_median_ranks(own_item_ranks(denoised, rows), rows))
             row_sum += denoised.sum(dim=0)
-        mean_row = torch.nn.functional.normalize(row_sum, dim=0)
-        similar = sum(int((torch.nn.functional.normalize(model.generator.denoise_users(modality, block), dim=1) @ mean_row
-                           > 0.9).sum()) for block in model.generator.user_blocks())
+        mean_row = F.normalize(row_sum, dim=0)
+        similar = sum(int((F.normalize(model.generator.denoise_users(modality, block), dim=1) @ mean_row > 0.9).sum())
+                      for block in model.generator.user_blocks())
         report[modality] = {
             "score_quantiles": dict(zip(["p10", "p50", "p90", "p99", "max"],
                                         [round(float(v), 4) for v in score.flatten().float().quantile(quantiles)])),
@@ -92,8 +93,9 @@ def main() -> None:
         model.generator.graph_top_k = min(args.top_k, model.n_items)
     if args.threshold_on is not None:
         model.generator.threshold_on = args.threshold_on
-    report = {"checkpoint": args.checkpoint, "epoch": checkpoint["epoch"], "graph_top_k": model.generator.graph_top_k,
-              "threshold_on": model.generator.threshold_on, "modalities": generated_graph_report(model, args.thresholds)}
+    generator = model.generator
+    report = {"checkpoint": args.checkpoint, "epoch": checkpoint["epoch"], "graph_top_k": generator.graph_top_k,
+              "threshold_on": generator.threshold_on, "modalities": generated_graph_report(model, args.thresholds)}
     print(json.dumps(report, indent=2))
 
 

@@ -83,8 +83,9 @@ class DASRec(RecommenderModule):
         acted on), ``candidate_items_<m>`` (distinct items among all users' candidates) and the denoiser
         diagnostics over ``diagnostic_users`` sampled users: ``denoiser_own_item_rank_<m>`` (over users,
         the median of each user's median rank of their training items in their denoised row) and
-        ``denoiser_mean_row_share_<m>`` (share of users whose row has cosine > 0.9 with the mean row). A graph left with fewer edges than one per 100 users
-        is warned about, since G^m is then (nearly) the identity.
+        ``denoiser_mean_row_share_<m>`` (share of users whose row has cosine > 0.9 with the mean row). A
+        graph left with fewer edges than one per 100 users is warned about, since G^m is then (nearly) the
+        identity.
     Cross-modal contrastive learning (eq 21-28)
         ``e^m = normalize(Linear(f^m))`` (eq 21); ``Z_m = G^m [E_u; e^m]`` (eq 22-23); ``n_layers``
         propagations over the interaction graph, summed (eq 24-25). InfoNCE with cosine similarity and
