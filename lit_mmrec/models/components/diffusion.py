@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_mmrec.models.components.precision import PRODUCT_ROW_MULTIPLE, ProductPrecision, compute_dtype, pad_rows
+from lit_mmrec.models.components.propagation import entry_rows
 
 
 def linear_noise_schedule(steps: int, noise_scale: float, noise_min: float, noise_max: float,
@@ -122,7 +123,7 @@ class GaussianDiffusion(nn.Module):
         """
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be in [0, 1], got {dropout}")
-        crow, col, values = rows.crow_indices(), rows.col_indices(), rows.values()
+        col, values = rows.col_indices(), rows.values()
         n_rows, width = rows.shape
         if dropout == 1.0:
             return values.new_zeros(n_rows, width)
@@ -130,8 +131,7 @@ class GaussianDiffusion(nn.Module):
         terms = self.step_terms(t, row_scale)
         x = torch.randn(n_rows, width, dtype=values.dtype, device=values.device)
         x.mul_(terms.noise_bar.sqrt().to(values.dtype) / keep)
-        owner = torch.repeat_interleave(torch.arange(n_rows, device=crow.device), crow.diff(),
-                                        output_size=values.shape[0])
+        owner = entry_rows(rows)
         signal = values * (terms.bar.sqrt().squeeze(-1).to(values.dtype) / keep).index_select(0, owner)
         x.view(-1).index_add_(0, owner * width + col.to(owner.dtype), signal)
         if dropout > 0.0:

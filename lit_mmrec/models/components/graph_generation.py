@@ -14,7 +14,7 @@ from torch import nn
 
 from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, fast_reverse, linear_noise_schedule
 from lit_mmrec.models.components.precision import ProductPrecision
-from lit_mmrec.models.components.propagation import csr_rows, dense_rows
+from lit_mmrec.models.components.propagation import csr_rows, dense_rows, entry_rows
 
 ThresholdOn = Literal["similarity", "prediction"]
 SparsityReference = Literal["n_items", "max_degree"]
@@ -51,8 +51,8 @@ def own_item_ranks(scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     degree = crow.diff()
     if col.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=scores.device)
-    owner = torch.repeat_interleave(torch.arange(len(degree), device=crow.device), degree)
-    position = torch.arange(col.numel(), device=crow.device) - crow[:-1].repeat_interleave(degree)
+    owner = entry_rows(rows)
+    position = torch.arange(col.numel(), device=crow.device) - crow[:-1][owner]
     # each user's observed scores in a [B, max_degree] block, padded with -inf (ranked last, then dropped)
     observed = scores.new_full((scores.shape[0], int(degree.max())), float("-inf"))
     observed[owner, position] = scores[owner, col]
@@ -66,7 +66,7 @@ def user_median_ranks(ranks: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     with at least one stored entry [n_users_with_entries]."""
     crow = rows.crow_indices()
     degree = crow.diff()
-    owner = torch.repeat_interleave(torch.arange(len(degree), device=crow.device), degree)
+    owner = entry_rows(rows)
     ordered = ranks[torch.argsort(owner * (int(ranks.max()) + 1 if ranks.numel() else 1) + ranks)]
     has = degree > 0
     return ordered[crow[:-1][has] + (degree[has] - 1) // 2]

@@ -203,6 +203,13 @@ def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table.index_select(0, index)
 
 
+def entry_rows(matrix: torch.Tensor) -> torch.Tensor:
+    """The row index [nnz] of every stored entry of a sparse CSR ``matrix``, in storage order."""
+    crow = matrix.crow_indices()
+    return torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff(),
+                                   output_size=matrix.col_indices().shape[0])
+
+
 def dense_rows(matrix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Rows ``rows`` [B] of a sparse CSR ``matrix`` [n, m] as a dense [B, m] tensor, vectorised.
 
