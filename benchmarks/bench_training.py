@@ -24,7 +24,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lit_mmrec.cli import build_cli
+from lit_mmrec.lightning_cli import build_cli
 from lit_mmrec.runtime import keep_freed_memory_for_reuse
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lit_mmrec.cli import cli_for_saved_run
+from lit_mmrec.lightning_cli import cli_for_saved_run
 from lit_mmrec.models import DASRec
 from lit_mmrec.models.components import csr_rows
 from lit_mmrec.models.components.graph_generation import own_item_ranks, user_median_ranks

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from lit_mmrec.cli import build_cli
+from lit_mmrec.lightning_cli import build_cli
 from lit_mmrec.models.components import propagation
 from lit_mmrec.runtime import keep_freed_memory_for_reuse
 

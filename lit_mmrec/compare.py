@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lit_mmrec.cli import cli_for_saved_run
+from lit_mmrec.lightning_cli import cli_for_saved_run
 from lit_mmrec.metrics.callbacks import PerUserMetrics
 from lit_mmrec.metrics.ranking import METRIC_NAMES
 from lit_mmrec.metrics.significance import PairedComparison, paired_comparison

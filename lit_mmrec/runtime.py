@@ -64,3 +64,37 @@ def release_process_group() -> bool:
     dist.destroy_process_group()
     log.info("released the %s process group", backend)
     return True
+
+
+# third-party notices that say nothing about the run: (warning message regex, why it is dropped)
+_QUIET_WARNINGS = (
+    r".*`tensorboardX` has been removed as a dependency.*",  # lit_mmrec logs to CSV (and W&B) on purpose
+    r".*isinstance\(treespec, LeafSpec\).*",  # Lightning's own use of a deprecated torch API
+    r".*does not have many workers.*",  # the training batches are built in memory; workers would copy them
+    r".*LightningCLI's args parameter is intended.*",  # the command hands LightningCLI its own arguments
+)
+_QUIET_MESSAGES = ("💡 Tip:",)  # Lightning's advertisements for hosted loggers
+
+
+class _DropNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in _QUIET_MESSAGES)
+
+
+def quiet_third_party_notices() -> None:
+    """Filter the third-party notices that say nothing about the run, and let Lightning's and torchmetrics'
+    records go through the command's single log handler instead of printing each line twice."""
+    import warnings
+
+    import lightning  # noqa: F401  (installs its handlers, which are replaced here)
+    import torchmetrics  # noqa: F401
+
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    if logging.getLogger().handlers:
+        for name in ("lightning", "torchmetrics"):
+            logging.getLogger(name).handlers.clear()
+            logging.getLogger(name).propagate = True
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _DropNotices) for f in handler.filters):
+            handler.addFilter(_DropNotices())

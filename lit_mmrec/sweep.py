@@ -468,7 +468,7 @@ def run_trial(spec: SweepSpec, record: TrialRecord, others: Sequence[TrialRecord
     complete config as YAML, as LightningCLI saves it."""
     from lightning.pytorch.cli import SaveConfigCallback
 
-    from lit_mmrec.cli import build_cli
+    from lit_mmrec.lightning_cli import build_cli
 
     arguments = spec.fit_arguments(record.params, workdir) + [f"--trainer.default_root_dir={record.run_dir}"]
     started = time.perf_counter()

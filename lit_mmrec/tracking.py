@@ -1,14 +1,20 @@
-"""Experiment tracking: a W&B logger whose mode follows the environment, so runs never wait for a login."""
+"""Experiment tracking: the run folder's CSV log, which a resumed run continues, and a W&B logger whose
+mode follows the environment, so runs never wait for a login."""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 WandbMode = Literal["auto", "online", "offline", "disabled"]
 
@@ -117,3 +123,56 @@ class TrackedWandbLogger(WandbLogger):
         """Close the W&B run (writes its summary and files; offline runs become syncable)."""
         if self._experiment is not None and hasattr(self._experiment, "finish"):
             self._experiment.finish()
+
+
+def _number(text: str) -> float | int:
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+class _ContinuedWriter(ExperimentWriter):
+    """Lightning's CSV writer that starts from the rows of an earlier ``metrics.csv`` logged up to and
+    including epoch ``through_epoch`` (the epoch of the checkpoint a run resumes from); rows of a later,
+    interrupted epoch are dropped, since the resumed run logs that epoch again."""
+
+    def __init__(self, log_dir: str, through_epoch: int) -> None:
+        path = Path(log_dir) / self.NAME_METRICS_FILE
+        kept: list[dict[str, float | int]] = []
+        if path.is_file():
+            with path.open(newline="") as handle:
+                for row in csv.DictReader(handle):
+                    values = {key: _number(text) for key, text in row.items() if key and text not in ("", None)}
+                    if "epoch" in values and values["epoch"] > through_epoch:
+                        continue
+                    kept.append(values)
+        with warnings.catch_warnings():  # the base class announces that it deletes the old file
+            warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be deleted.*")
+            super().__init__(log_dir)
+        for values in kept:
+            step = values.pop("step", None)
+            self.log_metrics(values, None if step is None else int(step))
+
+
+class RunCSVLogger(CSVLogger):
+    """The run's CSV log (``<save_dir>/<name>/<version>/metrics.csv``), the first logger of every run, so
+    the run's folder also holds its ``config.yaml``, its ``checkpoints/`` and any W&B offline files.
+
+    ``resume_epoch``: the epoch of the checkpoint a resumed run starts from; the folder's ``metrics.csv``
+    is then continued (rows up to that epoch kept) instead of replaced.
+    """
+
+    def __init__(self, save_dir: str, name: str = "lightning_logs", version: int | str | None = None,
+                 resume_epoch: int | None = None) -> None:
+        super().__init__(save_dir, name=name, version=version)
+        self.resume_epoch = resume_epoch
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.log_dir, exist_ok=True)
+            if self.resume_epoch is None:
+                self._experiment = ExperimentWriter(log_dir=self.log_dir)
+            else:
+                self._experiment = _ContinuedWriter(self.log_dir, self.resume_epoch)
+        return self._experiment

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from lit_mmrec.cli import build_cli
+from lit_mmrec.lightning_cli import build_cli
 from tests.conftest import REPO_ROOT, require_dataset
 
 TINY_DATA = [
@@ -65,13 +65,102 @@ def test_fit_test_predict(tmp_path: Path):
         assert not set(items) & set(train[user].indices.tolist())  # training items excluded
 
 
-def test_resume_from_last_checkpoint(tmp_path: Path):
-    first = run_cli("fit", *base_args(tmp_path), "--trainer.max_epochs", "2", "--test_after_fit", "false")
+def metric_rows(run_folder: Path) -> list[dict[str, str]]:
+    """The run's metrics.csv without the wall-clock columns."""
+    with (run_folder / "metrics.csv").open() as handle:
+        return [{key: value for key, value in row.items() if "seconds" not in key} for row in csv.DictReader(handle)]
+
+
+def test_resume_continues_the_run_folder_and_tests_the_true_best(tmp_path: Path):
+    """Resuming from last.ckpt keeps the run folder, its best checkpoint and score, and its metrics: the
+    resumed run logs, picks and tests exactly what the uninterrupted run does."""
+    whole = run_cli("fit", *base_args(tmp_path / "whole"), "--trainer.max_epochs", "6")
+    first = run_cli("fit", *base_args(tmp_path / "split"), "--trainer.max_epochs", "3", "--test_after_fit", "false")
     last = Path(first.trainer.checkpoint_callback.dirpath) / "last.ckpt"
-    resumed = run_cli("fit", *base_args(tmp_path), "--trainer.max_epochs", "4", "--test_after_fit", "false",
-                      "--ckpt_path", str(last))
-    assert resumed.trainer.current_epoch == 4
-    assert resumed.trainer.global_step == 2 * first.trainer.global_step
+    resumed = run_cli("fit", *base_args(tmp_path / "split"), "--trainer.max_epochs", "6", "--ckpt_path", str(last))
+    assert resumed.trainer.log_dir == first.trainer.log_dir
+    assert [p.name for p in (tmp_path / "split" / "lightning_logs").iterdir()] == ["version_0"]
+    assert resumed.trainer.global_step == whole.trainer.global_step
+    best = [Path(cli.trainer.checkpoint_callback.best_model_path).name for cli in (whole, resumed)]
+    assert best[0] == best[1]
+    assert resumed.trainer.checkpoint_callback.best_model_score == whole.trainer.checkpoint_callback.best_model_score
+    assert metric_rows(Path(resumed.trainer.log_dir)) == metric_rows(Path(whole.trainer.log_dir))
+
+
+@pytest.mark.slow
+def test_run_killed_and_resumed_ends_as_the_uninterrupted_run(tmp_path: Path):
+    """``kill -9`` in the middle of a DASRec run (dropout and diffusion noise draw from the global random
+    state), then ``fit --ckpt_path last.ckpt``: same best epoch, same test metrics as the run never killed."""
+    import os
+    import signal
+    import time
+
+    def command(root: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "lit_mmrec", "fit",
+                "--config", str(REPO_ROOT / "configs" / "experiment" / "dasrec_synthetic.yaml"),
+                "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+                "--trainer.enable_model_summary", "false", "--data.cache_dir", str(tmp_path / "cache"),
+                "--trainer.max_epochs", "4", *extra]
+
+    env = {**os.environ, "LIT_MMREC_LOG_LEVEL": "WARNING"}
+    subprocess.run(command(tmp_path / "whole"), check=True, env=env, capture_output=True)
+    killed = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    run_folder = tmp_path / "killed" / "lightning_logs" / "version_0"
+    last = run_folder / "checkpoints" / "last.ckpt"
+    writes, seen = 0, None
+    while killed.poll() is None and writes < 2:  # kill once last.ckpt holds epoch 1, during epoch 2
+        stamp = last.stat().st_mtime_ns if last.is_file() else None
+        if stamp is not None and stamp != seen:
+            writes, seen = writes + 1, stamp
+        time.sleep(0.02)
+    time.sleep(0.3)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    subprocess.run(command(tmp_path / "killed", "--ckpt_path", str(last)), check=True, env=env, capture_output=True)
+    rows = {name: metric_rows(tmp_path / name / "lightning_logs" / "version_0") for name in ("whole", "killed")}
+    test = {name: next(row for row in rows[name] if row.get("test/recall@20")) for name in rows}
+    assert test["killed"] == test["whole"]
+    assert rows["killed"] == rows["whole"]
+
+
+def test_runs_into_one_output_folder_keep_their_own_folders(tmp_path: Path):
+    clis = [run_cli("fit", *base_args(tmp_path), "--trainer.max_epochs", str(epochs), "--test_after_fit", "false")
+            for epochs in (1, 2)]
+    folders = [Path(cli.trainer.log_dir) for cli in clis]
+    assert folders[0] != folders[1]
+    for folder, epochs in zip(folders, (1, 2)):
+        assert yaml.safe_load((folder / "config.yaml").read_text())["trainer"]["max_epochs"] == epochs
+        assert (folder / "checkpoints" / "last.ckpt").is_file() and (folder / "metrics.csv").is_file()
+    best = clis[1].trainer.checkpoint_callback.best_model_path
+    run_cli("predict", *base_args(tmp_path), "--ckpt_path", best,
+            "--prediction_writer.output_path", str(tmp_path / "top.tsv"))
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0", "version_1"]
+    assert not (tmp_path / "config.yaml").exists() and (tmp_path / "top.tsv").is_file()
+
+
+def test_help_lists_every_subcommand():
+    result = subprocess.run([sys.executable, "-m", "lit_mmrec", "--help"], capture_output=True, text=True,
+                            check=True)
+    for name in ("fit", "validate", "test", "predict", "sweep", "compare"):
+        assert f"\n  {name} " in result.stdout, name
+
+
+def test_unknown_option_gets_a_suggestion_not_the_usage(tmp_path: Path, capsys):
+    from lit_mmrec.cli import main
+
+    for typo, hint in (("--model.init_args.lamda_cl=0.1", "did you mean `lambda_cl` (an option of DiffCL)?"),
+                       ("--trainer.max_epochz=3", "did you mean `--trainer.max_epochs`?")):
+        with pytest.raises(SystemExit) as stopped:
+            main(["fit", "--config", str(REPO_ROOT / "configs" / "experiment" / "diffcl_synthetic.yaml"),
+                  "--trainer.default_root_dir", str(tmp_path), typo])
+        assert stopped.value.code == 2
+        err = capsys.readouterr().err
+        assert hint in err, err
+        assert "Traceback" not in err and "usage:" not in err and len(err.splitlines()) < 20
+    with pytest.raises(SystemExit):
+        main(["fitt"])
+    assert "did you mean `fit`?" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("experiment", ["bpr_synthetic.yaml", "vbpr_synthetic.yaml", "freedom_synthetic.yaml",

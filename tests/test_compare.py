@@ -58,7 +58,7 @@ def test_compare_refuses_runs_on_different_users():
 
 
 def test_saved_run_configs_are_checked(tmp_path: Path):
-    from lit_mmrec.cli import cli_for_saved_run
+    from lit_mmrec.lightning_cli import cli_for_saved_run
 
     run = run_cli("fit", *base_args(tmp_path), "--trainer.max_epochs", "1", "--test_after_fit", "false")
     config = Path(run.trainer.log_dir) / "config.yaml"

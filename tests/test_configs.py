@@ -10,7 +10,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from lit_mmrec.cli import build_cli
+from lit_mmrec.lightning_cli import build_cli
 from tests.conftest import REPO_ROOT
 from tests.test_cli import TINY_DATA
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from lit_mmrec.cli import build_cli, main
+from lit_mmrec.cli import main
+from lit_mmrec.lightning_cli import build_cli
 from lit_mmrec.sweep import (
     EarlyTermination,
     SweepConfigError,

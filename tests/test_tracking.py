@@ -126,7 +126,10 @@ def test_offline_run_records_metrics_and_config(no_wandb_credentials, tmp_path):
     logger = next(lg for lg in cli.trainer.loggers if isinstance(lg, TrackedWandbLogger))
     assert logger.resolved_mode == "offline"
     run_dir = Path(logger.experiment.dir).parent  # the run is finished by the CLI; its files stay
-    assert run_dir.name.startswith("offline-run-") and run_dir.parent == tmp_path / "wandb"
+    run_folder = Path(cli.trainer.log_dir)  # one folder per run: config, metrics, checkpoints, W&B files
+    assert run_folder == tmp_path / "lightning_logs" / "version_0"
+    assert run_dir.name.startswith("offline-run-") and run_dir.parent == run_folder / "wandb"
+    assert (run_folder / "config.yaml").is_file() and list((run_folder / "checkpoints").glob("best-*.ckpt"))
     assert logger.experiment.name.startswith("LightGCN-synthetic")  # <model>-<dataset fingerprint>
     history, config = read_offline_run(run_dir)
     assert config["model"]["class_path"] == "lit_mmrec.models.LightGCN"
@@ -144,15 +147,14 @@ def test_offline_run_records_metrics_and_config(no_wandb_credentials, tmp_path):
     assert {k for _, k in points} == {5, 10, 20, 50} and {name for name, _ in points} >= {"recall", "ndcg"}
     assert points[("recall", 20)] == pytest.approx(history["test/recall@20"][-1])
     # the CSV log holds the same metrics
-    csv_files = list((tmp_path / "csv").rglob("metrics.csv"))
-    assert csv_files and "val/recall@20" in csv_files[0].read_text().splitlines()[0]
+    assert "val/recall@20" in (run_folder / "metrics.csv").read_text().splitlines()[0]
 
 
 def test_disabled_run_still_writes_csv(no_wandb_credentials, monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     cli = run_cli("fit", *wandb_args(tmp_path), "--test_after_fit", "false")
-    assert not (tmp_path / "wandb").exists()
-    assert list((tmp_path / "csv").rglob("metrics.csv"))
+    assert not list(tmp_path.rglob("wandb"))
+    assert (Path(cli.trainer.log_dir) / "metrics.csv").is_file()
     assert "val/recall@20" in cli.trainer.callback_metrics
 
 

@@ -139,7 +139,7 @@ class RecDataModule(L.LightningDataModule):
     # ---- loaders ----
     def train_dataloader(self) -> DataLoader:
         # each element is already a batch (shuffled by the dataset, see BPRTriplets)
-        return DataLoader(self.train_set, batch_size=None, shuffle=False)
+        return DataLoader(self.train_set, batch_size=None, shuffle=False, generator=self._loader_generator())
 
     def _ranking_loader(self, batches: RankingBatches) -> DataLoader:
         """Full-ranking batches in order; under several processes each batch goes to one process only
@@ -148,7 +148,13 @@ class RecDataModule(L.LightningDataModule):
         sampler = None
         if trainer is not None and trainer.world_size > 1:
             sampler = ShardedBatches(batches, num_replicas=trainer.world_size, rank=trainer.global_rank)
-        return DataLoader(batches, batch_size=None, shuffle=False, sampler=sampler)
+        return DataLoader(batches, batch_size=None, shuffle=False, sampler=sampler, generator=self._loader_generator())
+
+    def _loader_generator(self) -> torch.Generator:
+        """Each loader's own generator: a loader's iterator draws its base seed from it instead of from the
+        global random state, which the models' dropout and noise use, so a run resumed from a checkpoint
+        draws the same model randomness as the uninterrupted run."""
+        return torch.Generator().manual_seed(self.seed)
 
     def val_dataloader(self) -> DataLoader:
         return self._ranking_loader(self._ranking["valid"])

@@ -3,6 +3,7 @@
 from lit_mmrec.metrics.callbacks import (
     BestAndLastCheckpoint,
     PerUserMetrics,
+    RandomStateCheckpoint,
     RankingEvaluator,
     TopKPredictionWriter,
     TrainingTelemetry,
@@ -22,6 +23,7 @@ __all__ = [
     "BestAndLastCheckpoint",
     "PairedComparison",
     "PerUserMetrics",
+    "RandomStateCheckpoint",
     "RankingEvaluator",
     "TopKPredictionWriter",
     "TopKRankingMetrics",

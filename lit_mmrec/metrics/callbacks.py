@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from pathlib import Path
 
@@ -179,6 +180,41 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         # skip also covers an epoch whose new best Lightning has just saved, last.ckpt included
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class RandomStateCheckpoint(Callback):
+    """Saves the random number generators' states (Python, NumPy, torch CPU and CUDA) in every checkpoint
+    and restores them when a run resumes, at the start of its first epoch, so that a resumed run draws the
+    same dropout masks and diffusion noise as the uninterrupted run would have (the negative sampler is
+    already a function of seed and epoch). Under DDP the states of rank 0 are saved and restored on every
+    rank: ranks seeded alike stay alike."""
+
+    def __init__(self) -> None:
+        self._pending: dict | None = None
+
+    def state_dict(self) -> dict:
+        # plain tensors, numbers and tuples only, so checkpoints still load with ``weights_only=True``
+        name, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
+        state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                 "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss),
+                           float(cached))}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending is None:
+            return
+        state, self._pending = self._pending, None
+        random.setstate(state["python"])
+        name, keys, position, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class TrainingTelemetry(Callback):
