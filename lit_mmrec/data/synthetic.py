@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from lit_mmrec.data.interactions import InteractionData, binary_csr

@@ -33,7 +33,7 @@ def test_degree_summary_by_hand():
 
 def test_datamodule_logs_the_training_split_summary(tiny_source, caplog):
     with caplog.at_level(logging.INFO, logger="lit_mmrec.data.datamodule"):
-        RecDataModule(tiny_source, use_cache=False).data
+        _ = RecDataModule(tiny_source, use_cache=False).data  # reading the property builds and logs the split
     expected = user_degree_summary(tiny_source.load().train).describe()
     assert f"training split: {expected}" in caplog.text
 

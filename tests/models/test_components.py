@@ -15,10 +15,10 @@ from lit_mmrec.models.components import (
     info_nce_against,
     inner_product_scores,
     l2_regularisation,
-    squared_norm,
     propagate,
     propagate_rows,
     sparse_matmul,
+    squared_norm,
 )
 from lit_mmrec.models.components.propagation import csr_columns, csr_rows
 

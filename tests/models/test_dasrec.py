@@ -14,14 +14,15 @@ from lit_mmrec.data.graphs import generated_bipartite_graph
 from lit_mmrec.metrics import RankingEvaluator
 from lit_mmrec.models import DASRec
 from lit_mmrec.models.components import info_nce, info_nce_against
+from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, fast_reverse, linear_noise_schedule
 from lit_mmrec.models.components.graph_generation import (
+    ModalityAttention,
     centred_unit_rows,
     denoised_row_quality,
+    diffusion_plan,
     own_item_ranks,
     user_median_ranks,
 )
-from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, fast_reverse, linear_noise_schedule
-from lit_mmrec.models.components.graph_generation import ModalityAttention, diffusion_plan
 from tests.conftest import EchoDenoiser, assert_only_contrastive_term_rounded, paired_losses
 
 
