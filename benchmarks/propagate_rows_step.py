@@ -4,7 +4,7 @@
 only at the rows a step's losses read. This script builds the model and data of a config exactly as
 ``lit_mmrec fit`` would, then times blocks of training steps (forward, backward, fused Adam) on the same
 batches, alternating between the model's own path and a reference that propagates the full tables and
-gathers the rows afterwards (the code before session 9). Machine load affects both alike.
+gathers the rows afterwards (what every step did before ``propagate_rows``). Machine load affects both alike.
 
     LIT_MMREC_DATA=/path/to/shared/data python benchmarks/propagate_rows_step.py \
         --config configs/experiment/diffcl_tiktok.yaml --pairs 9 --steps 12
@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from lit_mmrec.cli import build_cli
+from lit_mmrec.lightning_cli import build_cli
 from lit_mmrec.models.components import combine_layers, gather_rows, propagate
 from lit_mmrec.runtime import keep_freed_memory_for_reuse
 

@@ -22,11 +22,10 @@ def keep_freed_memory_for_reuse() -> bool:
 
     By default glibc gives large freed blocks back to the kernel (``mmap``-ed blocks are unmapped, the
     top of the heap is trimmed), so the full-table CPU tensors of a training step (6.8 MB each for
-    Baby's 26,495 x 64 embeddings) are page-faulted in again step after step; on the 2-core
-    development VM that was up to a quarter of a bare LightGCN epoch on Baby (2.8-3.0 s -> 2.2-2.5 s
-    with this on). This serves every block from the heap (no ``mmap`` at all: glibc caps the mmap
-    threshold at 32 MiB, and at Sports scale DiffCL's 53,955 x 384 tables are 83 MB, which were
-    page-faulted in on every use -- a fifth of the epoch in kernel time) and keeps up to 1 GiB of freed
+    Baby's 26,495 x 64 embeddings) are page-faulted in again step after step (docs/benchmarks.md). This
+    serves every block from the heap (no ``mmap`` at all: glibc caps the mmap threshold at 32 MiB, and at
+    Sports scale DiffCL's 53,955 x 384 tables are 83 MB, which would be page-faulted in on every use) and
+    keeps up to 1 GiB of freed
     heap. It is what PyTorch's CPU tuning guide gets with jemalloc/tcmalloc, without a preloaded
     library; the price is a somewhat higher peak RSS, since freed blocks stay in the process. Only glibc
     (Linux); elsewhere, or with ``LIT_MMREC_MALLOC_TUNING=0``, nothing changes. Returns whether it applied.

@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.trainer.states import TrainerFn
 import numpy as np
 import yaml
+from lightning.pytorch.trainer.states import TrainerFn
 from scipy import stats
 
 log = logging.getLogger(__name__)

@@ -75,12 +75,10 @@ class DiffCL(RecommenderModule):
           and scoring stay float32; :class:`MLPDenoiser`). Not in the paper; an engineering option for
           devices with bfloat16 matrix units, where the views' small products take about half the time.
           The TikTok experiment config sets it: over three seeds validation was as high as in float32
-          (docs/results.md, session 19).
+          (docs/results.md, TikTok, DiffCL).
         * ``contrastive_precision``: the same choice for L_cl's InfoNCE similarity products (forward and
-          backward; the softmax and the loss stay float32; :func:`info_nce`). On the development CPU a call
-          takes a fifth to a third less time from about 800 rows on (800: 3.1 against 4.4 ms; 2,400: 27-36
-          against 42 ms); TikTok's batches of 1,024 have about 400 unique users and 800 unique items, and
-          there the epoch does not change measurably.
+          backward; the softmax and the loss stay float32; :func:`info_nce`). It pays from about 800
+          rows on; TikTok's batches of 1,024 have about 400 unique users and 800 unique items.
         * ``views_train_denoiser``: whether L_cl's gradient reaches the denoiser's parameters. The paper
           only calls mu_theta / Sigma_theta learnable. ``true`` (default): L_cl trains the denoiser
           too, through both views' reverse chains. ``false``: DiffMM's arrangement, where the denoiser

@@ -117,9 +117,8 @@ class GaussianDiffusion(nn.Module):
         The noise is drawn and scaled by ``sqrt(1 - gamma_bar_t) / (1 - p)`` in place, x_0's entries
         (scaled by ``sqrt(gamma_bar_t) / (1 - p)``) are added at their positions, and the dropout mask
         multiplies the buffer in place. The draws are those of the composed calls, in the same order
-        (the noise, then the mask's uniforms), so the result is theirs up to float rounding, at a
-        fraction of the passes over the block: 7.5 against 10.3 ms for a DASRec step's 158 x 6,710
-        block on the 2-core development CPU, most of what is left being the draws themselves.
+        (the noise, then the mask's uniforms), so the result is theirs up to float rounding, in fewer
+        passes over the block.
         """
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be in [0, 1], got {dropout}")
@@ -186,9 +185,8 @@ def inverted_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.
     """Inverted dropout (``F.dropout``'s result in distribution): each entry kept with probability
     ``1 - p`` and scaled by ``1 / (1 - p)``, else zeroed.
 
-    The mask comes from one uniform draw compared with ``1 - p``: on CPU this is about half the time of
-    ``F.dropout``'s Bernoulli sampling (11 against 21 ms for a 160 x 6,710 block of interaction rows,
-    a DASRec diffusion step), which matters where whole interaction rows are dropped every step.
+    The mask comes from one uniform draw compared with ``1 - p``: on CPU cheaper than ``F.dropout``'s
+    Bernoulli sampling, which matters where whole interaction rows are dropped every step.
     """
     if not training or p == 0.0:
         return x
@@ -223,11 +221,10 @@ class _SigmoidTanh(torch.autograd.Function):
 def fast_tanh(x: torch.Tensor) -> torch.Tensor:
     """``tanh`` for the denoisers' hidden layers; on CPU as ``2 sigmoid(2x) - 1`` in float32.
 
-    torch's CPU ``tanh`` is accurate to an ulp and slow: 3.4 ms for a 3,400 x 256 block on one thread,
-    twice the denoiser's input product, against 1.4 ms for the sigmoid form, whose absolute error is
-    below 2e-7 (the ulp of 1; the relative error near 0 is larger, which an activation does not care
-    about). A bfloat16 ``x`` goes through the same float32 computation and is rounded once at the end
-    (0.26-0.33 against 0.53-0.56 ms for torch's bfloat16 ``tanh`` on a 2,400 x 256 block, 2 threads, the
+    torch's CPU ``tanh`` is accurate to an ulp and slow (it can take longer than the denoiser's input
+    product); the sigmoid form is faster and its absolute error is below 2e-7 (the ulp of 1; the relative
+    error near 0 is larger, which an activation does not care about). A bfloat16 ``x`` goes through the
+    same float32 computation and is rounded once at the end (faster than torch's bfloat16 ``tanh``, the
     same largest error against float64): the sigmoid form computed *in* bfloat16 would keep only 2^-9
     of absolute resolution near 1/2, a large relative error for small activations. Other dtypes, and
     other devices (CUDA's ``tanh`` is one cheap kernel), use ``torch.tanh``.
@@ -294,8 +291,7 @@ class MLPDenoiser(nn.Module):
     result to bfloat16), the parameters, their gradients (upcast by autograd through the cast) and the
     optimizer state stay float32, and the prediction is returned in the input's dtype (the
     :mod:`~lit_mmrec.models.components.precision` module). Where the device multiplies bfloat16 natively
-    the products take a third of the time: on the 2-core development CPU (AMD Zen 4, AVX512-BF16)
-    6.3-8.1 against 18.7-25.4 ms for DASRec's 158 x 6,710 x 1,000 layers. Rounding to 8 significant
+    the products take a fraction of float32's time (``benchmarks/dense_products.py``). Rounding to 8 significant
     bits moves a prediction by about 0.4% of its size; use it for the large denoisers whose products
     dominate an epoch, and check validation.
     """

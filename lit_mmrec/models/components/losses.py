@@ -31,9 +31,8 @@ class _SquaredNorm(torch.autograd.Function):
 def squared_norm(x: torch.Tensor) -> torch.Tensor:
     """``sum x^2`` over every entry of ``x``, a scalar; the same value and gradient as ``x.pow(2).sum()``.
 
-    Autograd's ``pow`` backward computes ``x^1`` with the general power kernel and multiplies twice: for
-    DASRec's whole 16,018 x 128 ID table (its ``lambda_2 ||Theta||^2``, every step) 2.65 ms forward and
-    backward on the 2-core development CPU, against 0.26 ms for this dot product and one scaled copy.
+    Autograd's ``pow`` backward computes ``x^1`` with the general power kernel and multiplies twice; this is
+    one dot product forward and one scaled copy backward (DASRec regularises its whole ID table every step).
     """
     if x.is_complex():
         raise TypeError("squared_norm takes a real tensor")
@@ -51,8 +50,8 @@ def _cosine_logits(anchors: torch.Tensor, candidates: torch.Tensor, temperature:
     """``cos(a_i, c_j) / t`` [n, m] in float32; the product in ``dtype`` when it is given (bfloat16).
 
     The 1/t is applied to the normalised anchors [n, d] rather than to the logits [n, m]: the same logits
-    up to float rounding, without two passes over n x m (forward and backward; 1.5 of the 12 ms of a
-    1,200-row call on the development CPU). In bfloat16 both operands are padded to a multiple of 16 rows
+    up to float rounding, without two passes over n x m (forward and backward). In bfloat16 both operands
+    are padded to a multiple of 16 rows
     (oneDNN builds a kernel per shape; :func:`pad_rows`), and the logits are sliced back and upcast, so
     the softmax and the loss are float32.
     """
@@ -71,10 +70,8 @@ def info_nce(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float,
     ``mean_i -log( exp(s(a_i, b_i)/t) / sum_j exp(s(a_i, b_j)/t) )`` with s the cosine similarity.
     ``precision`` is the arithmetic of the n x n similarity product and of its two backward products
     (:mod:`~lit_mmrec.models.components.precision`); the softmax and the loss are float32 either way.
-    In bfloat16 each similarity is rounded to 8 significant bits (2^-9 relative). Forward and backward on
-    the development CPU (``python benchmarks/dense_products.py``, 2 threads, 128-d): 400 rows 1.06-1.11
-    against 1.30-1.33 ms, 800 rows 3.05-3.11 against 4.35-4.37, 1,200 rows 5.9-6.9 against 8.8-9.0,
-    2,400 rows 27-36 against 42 ms.
+    In bfloat16 each similarity is rounded to 8 significant bits (2^-9 relative); what it saves at each
+    size is measured by ``python benchmarks/dense_products.py``.
     """
     logits = _cosine_logits(view_a, view_b, temperature, compute_dtype(precision))
     targets = torch.arange(logits.shape[0], device=logits.device)

@@ -57,8 +57,8 @@ def warn_if_emulated(precision: ProductPrecision, device: torch.device, option: 
 def pad_rows(x: torch.Tensor, multiple: int = PRODUCT_ROW_MULTIPLE) -> torch.Tensor:
     """``x`` [B, ...] with zero rows appended up to a multiple of ``multiple`` rows (``x`` itself if it is one).
 
-    oneDNN builds (and caches) a kernel for every new matrix shape, about 0.5 ms for a bfloat16 product of
-    2,400 x 144 x 256 on the development CPU, as long as the product itself. The batch-dependent row
+    oneDNN builds (and caches) a kernel for every new matrix shape, which for the denoisers' bfloat16
+    products takes about as long as the product itself. The batch-dependent row
     counts of DiffCL's denoisers and of the contrastive losses (a batch's unique users and items) change
     every step, so without padding nearly every bfloat16 product paid it; rounded up to a multiple of 16
     rows a run sees a handful of shapes. Zero rows add nothing to the products' gradients with respect to

@@ -19,10 +19,8 @@ def _spmm(adjacency: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
     On CPU, for a CSR ``adjacency`` whose values have ``dense``'s dtype, the product runs as a weighted
     ``embedding_bag`` sum: row i of the result is ``sum_j a_ij dense[j]`` over row i's entries, the
     CSR arrays being exactly the bags' indices, offsets and per-entry weights. That kernel (FBGEMM's
-    on x86) is 1.6-2.7x faster than torch's CSR product for the graphs here: TikTok's 16,018-node
-    adjacency with 119,082 entries times a 384-wide table, 3.4 against 5.3 ms; 64 wide, 0.25 against
-    0.67 ms (2 threads of the development CPU, ``benchmarks/sparse_products.py``), the same sums up to
-    float rounding. Under load the gap widens (12-16 against 55-64 ms for the 384-wide product).
+    on x86) is faster than torch's CSR product for the graphs here (``benchmarks/sparse_products.py``;
+    docs/benchmarks.md), and gives the same sums up to float rounding.
 
     Elsewhere (CUDA, COO inputs, other dtypes) ``addmm_`` with ``beta=0`` writes into an uninitialised
     output: it skips the zero fill that ``torch.sparse.mm`` does first and the copy of its input that
@@ -195,8 +193,7 @@ def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``table[index]`` for a 1-D ``index``, as ``index_select``: the same values, a cheaper gradient.
 
     Autograd turns ``table[index]`` into an ``index_put_(accumulate=True)`` into a zero table, which on
-    CPU costs about 1 ms per gather of 2,048 rows from Baby's 26,495 x 64 table; ``index_select``'s
-    backward is ``index_add_`` (0.2 ms). The two sum repeated rows' gradients in different orders, so
+    CPU costs several times ``index_select``'s backward, an ``index_add_``. The two sum repeated rows' gradients in different orders, so
     gradients agree to float rounding, not bit for bit. A BPR step gathers such rows six times or
     more, so every model's training path gathers through this.
     """

@@ -20,8 +20,7 @@ def inner_product_scores(rows: torch.Tensor, table: torch.Tensor) -> torch.Tenso
 
     On CPU with float32 inputs this runs oneDNN's linear kernel (the one ``torch.compile`` emits for
     ``nn.Linear``) instead of MKL's ``gemm``: for the thin products of full ranking (d = 32..128,
-    thousands of items) it gave bitwise-equal scores 1.3-2x faster on the 2-core development CPU
-    (1,024 users x 7,050 items x 64: 9.2 against 15.2 ms). Elsewhere, and when torch was built
+    thousands of items) it gives bitwise-equal scores faster (docs/benchmarks.md). Elsewhere, and when torch was built
     without oneDNN, it is the plain matrix product.
     """
     if (_ONEDNN_LINEAR and rows.device.type == "cpu" and rows.dtype == table.dtype == torch.float32
