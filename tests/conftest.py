@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from lit_mmrec.data import RecDataModule, Synthetic
+from lit_mmrec.lightning_cli import build_cli
+from lit_mmrec.models import DASRec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,3 +102,44 @@ class EchoDenoiser(torch.nn.Module):
     def forward(self, x_t, t, input_dropout=True):
         self.steps.append(t)
         return self.prediction
+
+
+# ---- builders shared by the test modules ----
+TINY_DATA = [
+    "--data.dataset.class_path", "lit_mmrec.data.Synthetic",
+    "--data.dataset.init_args.n_users", "80",
+    "--data.dataset.init_args.n_items", "50",
+    "--data.dataset.init_args.n_interactions", "1200",
+    "--data.dataset.init_args.modalities", "{image: 8, text: 4}",
+    "--data.train_batch_size", "256",
+    "--data.eval_batch_size", "32",
+]
+
+
+def run_cli(*args: str) -> object:
+    return build_cli(list(args))
+
+
+def base_args(tmp_path: Path, experiment: str = "lightgcn_synthetic.yaml") -> list[str]:
+    return ["--config", str(REPO_ROOT / "configs" / "experiment" / experiment),
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+            "--data.cache_dir", str(tmp_path / "cache"), *TINY_DATA]
+
+
+def build_dasrec(datamodule: RecDataModule, **kwargs) -> DASRec:
+    """A small DASRec on ``datamodule``'s graphs, seeded; ``kwargs`` override its options."""
+    torch.manual_seed(0)
+    options = dict(embedding_dim=8, denoiser_hidden=16, denoiser_time_dim=4, attention_hidden=6)
+    options.update(kwargs)
+    model = DASRec(datamodule.n_users, datamodule.n_items, feature_dims=datamodule.feature_dims, **options)
+    model.graphs = datamodule.graphs
+    model.on_graphs_ready()
+    return model
+
+
+def set_constant_prediction(model: DASRec, row: torch.Tensor) -> None:
+    """Make every denoiser predict ``row`` for every user (zero output weights, bias = row)."""
+    for denoiser in model.generator.denoisers.values():
+        with torch.no_grad():
+            denoiser.output_layer.weight.zero_()
+            denoiser.output_layer.bias.copy_(row)

@@ -33,7 +33,8 @@ def test_generated_graph_report_by_hand(tiny_datamodule):
     """Denoisers that predict 1, 1 - 1/(I-1), ... 0 for items 0, 1, ... I-1 in every row, thresholded on the
     prediction: every user's candidates are items 0-2, a training item of the user ranks at its index + 1,
     every row is the mean row, and the thresholds count by hand."""
-    from tests.models.test_dasrec import build, set_constant_prediction
+    from tests.conftest import build_dasrec as build
+    from tests.conftest import set_constant_prediction
 
     model = build(tiny_datamodule, graph_top_k=3, threshold_on="prediction")
     n_items = model.n_items
@@ -72,7 +73,7 @@ def test_dasrec_epoch_options_from_a_config(tmp_path):
     options = read(str(REPO_ROOT / "configs" / "experiment" / "dasrec_tiktok.yaml"))
     committed = yaml.safe_load((REPO_ROOT / "configs" / "experiment" / "dasrec_tiktok.yaml").read_text())
     expected = {k: v for k, v in committed["model"]["init_args"].items() if k != "optimizer"}
-    assert options == expected and "optimizer" not in options and options["embedding_dim"] == 128
+    assert options == expected and "optimizer" not in options and options["n_layers"] == 2
     (tmp_path / "model.yaml").write_text("class_path: lit_mmrec.models.DASRec\ninit_args: {denoiser_hidden: 7}\n")
     (tmp_path / "by_path.yaml").write_text("model: model.yaml\n")
     assert read(str(tmp_path / "by_path.yaml")) == {"denoiser_hidden": 7}

@@ -11,28 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from lit_mmrec.lightning_cli import build_cli
-from tests.conftest import REPO_ROOT, require_dataset
-
-TINY_DATA = [
-    "--data.dataset.class_path", "lit_mmrec.data.Synthetic",
-    "--data.dataset.init_args.n_users", "80",
-    "--data.dataset.init_args.n_items", "50",
-    "--data.dataset.init_args.n_interactions", "1200",
-    "--data.dataset.init_args.modalities", "{image: 8, text: 4}",
-    "--data.train_batch_size", "256",
-    "--data.eval_batch_size", "32",
-]
-
-
-def run_cli(*args: str) -> object:
-    return build_cli(list(args))
-
-
-def base_args(tmp_path: Path, experiment: str = "lightgcn_synthetic.yaml") -> list[str]:
-    return ["--config", str(REPO_ROOT / "configs" / "experiment" / experiment),
-            "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-            "--data.cache_dir", str(tmp_path / "cache"), *TINY_DATA]
+from tests.conftest import REPO_ROOT, base_args, require_dataset, run_cli
 
 
 def test_fit_test_predict(tmp_path: Path):

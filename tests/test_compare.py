@@ -11,7 +11,7 @@ import torch
 from lit_mmrec.cli import main as cli_main
 from lit_mmrec.compare import compare_runs
 from lit_mmrec.compare import main as compare_main
-from tests.test_cli import base_args, run_cli
+from tests.conftest import base_args, run_cli
 
 
 def test_compare_checkpoints_of_one_run(tmp_path: Path, capsys):

@@ -11,8 +11,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from lit_mmrec.lightning_cli import build_cli
-from tests.conftest import REPO_ROOT
-from tests.test_cli import TINY_DATA
+from tests.conftest import REPO_ROOT, TINY_DATA
 
 CONFIGS = REPO_ROOT / "configs"
 OVERLAYS = [(model, path) for model in ("diffcl", "dasrec") for path in sorted((CONFIGS / "ablation" / model).glob("*.yaml"))]
@@ -91,3 +90,33 @@ def test_mmrec_dataset_experiments_train(config: Path, tmp_path: Path, monkeypat
     if isinstance(expected_model, dict):
         assert type(cli.model).__name__ == expected_model["class_path"].rsplit(".", 1)[-1]
     assert 0.0 <= float(cli.trainer.logged_metrics["test/recall@20"]) <= 1.0
+
+
+def _class_defaults(class_path: str) -> dict:
+    import importlib
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    defaults = {}
+    for klass in reversed(cls.__mro__):
+        if "__init__" in klass.__dict__:
+            defaults.update({key: p.default for key, p in inspect.signature(klass.__init__).parameters.items()
+                             if p.default is not inspect.Parameter.empty})
+    return defaults
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "experiment").glob("*.yaml")) + sorted((CONFIGS / "model").glob("*.yaml")),
+                         ids=lambda path: f"{path.parent.name}/{path.stem}")
+def test_configs_state_only_what_differs_from_the_class_defaults(path: Path):
+    """One home for each default: the class's signature. Model files name the class (and the optimizer,
+    which sweeps tune); experiment files state only the values they change."""
+    model = yaml.safe_load(path.read_text())["model"] if path.parent.name == "experiment" else yaml.safe_load(path.read_text())
+    if not isinstance(model, dict):
+        return  # composes configs/model/<name>.yaml
+    defaults = _class_defaults(model["class_path"])
+    restated = {key: value for key, value in (model.get("init_args") or {}).items()
+                if key != "optimizer" and key in defaults and defaults[key] == value}
+    assert not restated, f"{path.name} restates the class defaults {restated}"
+    if path.parent.name == "model":
+        assert set(model.get("init_args") or {}) <= {"optimizer"}, f"{path.name} sets more than the optimizer"

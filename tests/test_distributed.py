@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT
-from tests.test_cli import TINY_DATA
+from tests.conftest import REPO_ROOT, TINY_DATA
 
 pytestmark = pytest.mark.slow
 

@@ -23,8 +23,7 @@ from lit_mmrec.sweep import (
     parse_parameter,
     propose,
 )
-from tests.conftest import REPO_ROOT
-from tests.test_cli import TINY_DATA
+from tests.conftest import REPO_ROOT, TINY_DATA
 
 
 def spec_from(parameters: dict, method: str = "random", **extra) -> SweepSpec:

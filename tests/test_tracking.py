@@ -15,8 +15,7 @@ import pytest
 import yaml
 
 from lit_mmrec.tracking import TrackedWandbLogger, resolve_wandb_mode, wandb_api_key_configured
-from tests.conftest import REPO_ROOT
-from tests.test_cli import TINY_DATA, run_cli
+from tests.conftest import REPO_ROOT, TINY_DATA, run_cli
 
 SWEEPS = sorted((REPO_ROOT / "sweeps").glob("*.yaml"))
 

@@ -133,12 +133,15 @@ def check_features(features: dict[str, np.ndarray], n_items: int, origin: dict[s
     return checked
 
 
-def check_splits(train: sp.csr_matrix, valid: sp.csr_matrix, test: sp.csr_matrix, source: str) -> None:
-    """Every split must be non-empty and all must share one shape."""
-    for split_name, matrix in (("train", train), ("valid", valid), ("test", test)):
+def check_splits(train: sp.csr_matrix, valid: sp.csr_matrix, test: sp.csr_matrix, source: str,
+                 split_files: tuple[str, str, str] | None = None) -> None:
+    """Every split must be non-empty and all must share one shape. ``split_files``: the file each split was
+    read from, named in the message instead of ``source`` (formats with one file per split)."""
+    for index, (split_name, matrix) in enumerate((("train", train), ("valid", valid), ("test", test))):
         if matrix.nnz == 0:
+            where = split_files[index] if split_files else source
             raise DataFormatError(
-                f"{source}: the {split_name} split is empty; every split needs at least one interaction"
+                f"{where}: the {split_name} split is empty; every split needs at least one interaction"
             )
         if matrix.shape != train.shape:
             raise DataFormatError(

@@ -118,8 +118,8 @@ class MMRecAtomic(DatasetSource):
                 table = np.loadtxt(path, delimiter="\t", skiprows=1, usecols=wanted, dtype=np.int64, ndmin=2)
         except ValueError as error:
             raise DataFormatError(
-                f"{path}: could not read integer {self.USER}/{self.ITEM}/{self.LABEL} values ({error}); "
-                f"every row needs tab-separated integer ids and a label in {{0, 1, 2}}"
+                f"{path}: {self._first_non_integer(path, wanted)}; every row needs tab-separated integer "
+                f"{self.USER}, {self.ITEM} and {self.LABEL} values"
             ) from error
         if table.shape[0] == 0:
             raise DataFormatError(f"{path}: no interaction rows after the header")
@@ -135,6 +135,17 @@ class MMRecAtomic(DatasetSource):
                 f"{path}: {self.LABEL} {labels[bad][0]} on line {row}; use 0 (train), 1 (valid) or 2 (test)"
             )
         return users, items, labels
+
+    def _first_non_integer(self, path: Path, wanted: list[int]) -> str:
+        """Where the first value that is not an integer is: column and line of the file (the header is line 1)."""
+        try:
+            text = np.loadtxt(path, delimiter="\t", skiprows=1, usecols=wanted, dtype=str, ndmin=2, comments=None)
+        except ValueError as error:  # a row with too few columns
+            return f"a row has fewer columns than the header ({error})"
+        digits = np.char.isdigit(np.char.lstrip(text, "-"))
+        row, column = np.argwhere(~digits)[0]
+        name = (self.USER, self.ITEM, self.LABEL)[column]
+        return f"{name} '{text[row, column]}' on line {row + 2} is not an integer"
 
 
 class _SparseOnlyUnpickler(pickle.Unpickler):
@@ -213,6 +224,6 @@ class DiffMMPickles(DatasetSource):
             matrix = matrix.astype(np.float32)
             matrix.sort_indices()
             splits.append(matrix)
-        check_splits(*splits, source=str(root))
+        check_splits(*splits, source=str(root), split_files=tuple(str(root / name) for name in self.SPLIT_FILES))
         features = read_modality_features(root, splits[0].shape[1])
         return InteractionData(*splits, features=features, source=str(root))

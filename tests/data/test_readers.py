@@ -42,8 +42,8 @@ def test_mmrec_reads_splits_and_features(tmp_path: Path):
     ("header", "rows", "message"),
     [
         ("user\titemID\tx_label", GOOD_ROWS, "lacks column"),
-        ("userID\titemID\tx_label", [(0, "a", 0)] + GOOD_ROWS, "could not read integer"),
-        ("userID\titemID\tx_label", [(0, 1.5, 0)] + GOOD_ROWS, "could not read integer"),
+        ("userID\titemID\tx_label", [(0, "a", 0)] + GOOD_ROWS, "itemID 'a' on line 2 is not an integer"),
+        ("userID\titemID\tx_label", [(0, 1.5, 0)] + GOOD_ROWS, "itemID '1.5' on line 2 is not an integer"),
         ("userID\titemID\tx_label", GOOD_ROWS + [(-1, 0, 0)], "negative userID"),
         ("userID\titemID\tx_label", GOOD_ROWS + [(0, -2, 0)], "negative itemID"),
         ("userID\titemID\tx_label", GOOD_ROWS + [(3, 0, 7)], "x_label 7"),
@@ -140,7 +140,7 @@ def test_diffmm_shape_mismatch_and_empty_split(tmp_path: Path):
         DiffMMPickles(str(tmp_path)).load()
     with (tmp_path / "valMat.pkl").open("wb") as handle:
         pickle.dump(sp.coo_matrix((3, 4)), handle)
-    with pytest.raises(DataFormatError, match="valid split is empty"):
+    with pytest.raises(DataFormatError, match=r"valMat\.pkl: the valid split is empty"):  # names the file
         DiffMMPickles(str(tmp_path)).load()
 
 

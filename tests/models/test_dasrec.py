@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_mmrec.data import RecDataModule
 from lit_mmrec.data.graphs import generated_bipartite_graph
 from lit_mmrec.metrics import RankingEvaluator
 from lit_mmrec.models import DASRec
@@ -23,17 +22,15 @@ from lit_mmrec.models.components.graph_generation import (
     own_item_ranks,
     user_median_ranks,
 )
-from tests.conftest import EchoDenoiser, assert_only_contrastive_term_rounded, paired_losses
-
-
-def build(datamodule: RecDataModule, **kwargs) -> DASRec:
-    torch.manual_seed(0)
-    options = dict(embedding_dim=8, denoiser_hidden=16, denoiser_time_dim=4, attention_hidden=6)
-    options.update(kwargs)
-    model = DASRec(datamodule.n_users, datamodule.n_items, feature_dims=datamodule.feature_dims, **options)
-    model.graphs = datamodule.graphs
-    model.on_graphs_ready()
-    return model
+from tests.conftest import (
+    EchoDenoiser,
+    assert_only_contrastive_term_rounded,
+    paired_losses,
+    set_constant_prediction,
+)
+from tests.conftest import (
+    build_dasrec as build,
+)
 
 
 # ---- dynamic sparse diffusion (eq 3-16) ----
@@ -191,14 +188,6 @@ def test_generated_graph_is_symmetric_normalised_with_self_loops():
     kept = dropped > 0
     assert 0 < kept.sum() < (full > 0).sum()
     torch.testing.assert_close(dropped[kept], full[kept] / 0.5)  # kept entries rescaled by 1 / keep_rate
-
-
-def set_constant_prediction(model: DASRec, row: torch.Tensor) -> None:
-    """Make every denoiser predict ``row`` for every user (zero output weights, bias = row)."""
-    for denoiser in model.generator.denoisers.values():
-        with torch.no_grad():
-            denoiser.output_layer.weight.zero_()
-            denoiser.output_layer.bias.copy_(row)
 
 
 def test_graph_generation_keeps_top_k_predictions_above_the_threshold(tiny_datamodule):
