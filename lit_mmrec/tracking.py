@@ -16,6 +16,8 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from lit_mmrec.compat import wandb_logger_defaults
+
 WandbMode = Literal["auto", "online", "offline", "disabled"]
 
 
@@ -83,11 +85,8 @@ class TrackedWandbLogger(WandbLogger):
         """Before the run starts: name it and place it under ``save_dir`` unless configured otherwise."""
         if self._experiment is not None:
             return
-        if not self._wandb_init.get("name"):
-            self._wandb_init["name"] = self._name = name
-        if not self._wandb_init.get("dir"):
-            os.makedirs(save_dir, exist_ok=True)
-            self._wandb_init["dir"] = self._save_dir = save_dir
+        os.makedirs(save_dir, exist_ok=True)
+        wandb_logger_defaults(self, name, save_dir)
 
     def log_config(self, config: dict[str, Any]) -> None:
         """Record the resolved run configuration and make ``val/*`` summaries keep their maximum."""

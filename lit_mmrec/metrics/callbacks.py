@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from lit_mmrec.compat import save_last_checkpoint
 from lit_mmrec.data.sampling import RankingBatch
 from lit_mmrec.metrics.ranking import (
     METRIC_NAMES,
@@ -178,8 +179,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         # Lightning's own saving rules (fit only, no sanity check or fast_dev_run) and its writer; the
         # skip also covers an epoch whose new best Lightning has just saved, last.ckpt included
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last:
+            save_last_checkpoint(self, trainer)
 
 
 class RandomStateCheckpoint(Callback):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from lit_mmrec.compat import ddp_finds_unused_parameters
 from lit_mmrec.data.graphs import generated_bipartite_graph
 from lit_mmrec.models.base import RecommenderModule, gather_batch, user_item_table
 from lit_mmrec.models.components import (
@@ -437,7 +438,7 @@ class DASRec(RecommenderModule):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         if self.use_diffusion_graphs and self.diffusion_batch_size is not None and self.trainer.world_size > 1 \
-                and not getattr(self.trainer.strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False):
+                and not ddp_finds_unused_parameters(self.trainer.strategy):
             raise ValueError(
                 f"DASRec with diffusion_batch_size={self.diffusion_batch_size} trains the denoisers on some "
                 "steps only, which DDP rejects unless it looks for unused parameters: set "

@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from lit_mmrec.compat import onednn_bf16_supported
+
 log = logging.getLogger(__name__)
 
 ProductPrecision = Literal["float32", "bfloat16"]
@@ -38,10 +40,7 @@ def native_bfloat16_products(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
-        try:
-            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
+        return onednn_bf16_supported()
     return False
 
 

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _onednn_linear_available() -> bool:
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-_ONEDNN_LINEAR = _onednn_linear_available()
+from lit_mmrec.compat import onednn_linear
 
 
 def inner_product_scores(rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -23,7 +15,8 @@ def inner_product_scores(rows: torch.Tensor, table: torch.Tensor) -> torch.Tenso
     thousands of items) it gives bitwise-equal scores faster (docs/benchmarks.md). Elsewhere, and when torch was built
     without oneDNN, it is the plain matrix product.
     """
-    if (_ONEDNN_LINEAR and rows.device.type == "cpu" and rows.dtype == table.dtype == torch.float32
-            and not torch.is_grad_enabled()):
-        return torch.ops.mkldnn._linear_pointwise(rows.contiguous(), table.contiguous(), None, "none", [], "")
+    if rows.device.type == "cpu" and rows.dtype == table.dtype == torch.float32 and not torch.is_grad_enabled():
+        scores = onednn_linear(rows, table)
+        if scores is not None:
+            return scores
     return rows @ table.T
