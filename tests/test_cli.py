@@ -235,3 +235,20 @@ def test_diffmm_short_real_data_run(tmp_path: Path, monkeypatch):
     epoch = logged_epoch(cli, "train/diffusion_loss")
     assert {float(epoch[f"train/graph_edges_{m}"]) for m in ("image", "audio")} == {5 * 9308.0}
     assert float(epoch["train/diffusion_loss"]) > 0 and float(epoch["train/msi_loss"]) > 0
+
+
+@pytest.mark.parametrize("name", ["BPRMF", "VBPR", "LightGCN", "FREEDOM", "DiffCL", "DASRec", "DiffMM"])
+def test_every_model_option_has_a_description(name: str):
+    """``--model.help`` shows each option's line from the ``Args:`` of the class's docstring or of a base
+    class's (jsonargparse reads them with docstring_parser)."""
+    import inspect
+
+    import docstring_parser
+
+    import lit_mmrec.models as models
+
+    cls = getattr(models, name)
+    documented = {param.arg_name for klass in cls.__mro__ if klass.__doc__
+                  for param in docstring_parser.parse(klass.__doc__).params if param.description}
+    options = [key for key in inspect.signature(cls.__init__).parameters if key not in ("self", "kwargs")]
+    assert not set(options) - documented, f"{name}: no description for {sorted(set(options) - documented)}"

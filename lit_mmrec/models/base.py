@@ -52,6 +52,8 @@ class RecommenderModule(L.LightningModule):
     ``self.graphs``, a :class:`RecGraphs` on the training device); they are not part of checkpoints.
 
     Args:
+        n_users: number of users (linked from the data module).
+        n_items: number of items (linked from the data module).
         n_users, n_items: linked from the data module by the CLI.
         feature_dims: widths of the item feature modalities (linked from the data module);
             ID-only models ignore it.

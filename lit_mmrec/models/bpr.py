@@ -12,6 +12,8 @@ class BPRMF(RecommenderModule):
     """Matrix factorisation trained with the BPR loss: ``score(u, i) = p_u . q_i``.
 
     Args:
+        n_users: number of users (linked from the data module).
+        n_items: number of items (linked from the data module).
         embedding_dim: width of the user and item embeddings (Xavier-uniform initialised, as in MMRec).
         **kwargs: see :class:`RecommenderModule` (``reg_weight``, ``optimizer``, ...).
     """

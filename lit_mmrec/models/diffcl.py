@@ -103,6 +103,38 @@ class DiffCL(RecommenderModule):
 
     Ablations (paper Table III): ``use_diffusion_cl``, ``use_alignment``, ``use_item_item`` switch the three
     components; a switched-off component contributes neither its loss term nor its effect on embeddings.
+
+    Args:
+        n_users: number of users (linked from the data module).
+        n_items: number of items (linked from the data module).
+        feature_dims: widths of the item feature modalities (linked from the data module).
+        embedding_dim: width d of every embedding (ID, modality, fused).
+        n_layers: LightGCN layers of the graph encoders (eq 3).
+        layer_combination: how the encoder combines its layer outputs, ``sum`` (eq 4) or ``mean``.
+        user_modality_input: users' per-modality inputs: ``aggregate``, ``learned`` or ``id`` (above).
+        use_diffusion_cl: the diffusion-generated contrastive views and L_cl (Table III switch).
+        use_alignment: the ID-guided alignment L_align (Table III switch).
+        use_item_item: the item-item KNN enhancement (Table III switch).
+        item_item_layers: aggregations over the KNN item graph (eq 22).
+        lambda_cl: weight of L_cl.
+        lambda_align: weight of L_align.
+        lambda_e: weight of L_E, the embeddings' regulariser (eq 33).
+        tau: InfoNCE temperature.
+        diffusion_steps: diffusion steps T.
+        view_step: the step the views are noised to before denoising (default T).
+        noise_scale: scale s of the linear noise schedule.
+        noise_min: smallest noise level of the schedule.
+        noise_max: largest noise level of the schedule.
+        denoiser_hidden: hidden width of each modality's MLP denoiser.
+        denoiser_time_dim: width of the denoiser's sinusoidal step embedding.
+        denoiser_dropout: dropout on the denoiser's input in its own objective.
+        denoiser_precision: arithmetic of the denoisers' products, ``float32`` or ``bfloat16``.
+        contrastive_precision: arithmetic of L_cl's similarity products, ``float32`` or ``bfloat16``.
+        sampling_noise: add the posterior noise in the views' reverse process (DiffMM's option).
+        diffusion_weight: weight of the denoiser's own x0 objective.
+        views_train_denoiser: let L_cl's gradient reach the denoiser's parameters.
+        normalise_item_features: L2-normalise each item's projected features.
+        align_to_fixed_id: take the ID statistics in L_align as a fixed target (no gradient into IDs).
     """
 
     requires_features = True

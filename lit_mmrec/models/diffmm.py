@@ -62,6 +62,8 @@ class DiffMM(DASRec):
           when fitting starts); ``diffusion_batch_size: null`` spreads the users over every step instead.
 
     Args:
+        n_users: number of users (linked from the data module).
+        n_items: number of items (linked from the data module).
         contrast_with: ``modalities`` contrasts each pair of modality views (DiffMM's default, ``cl_method``
             0); ``main`` contrasts each modality view with the main representation (``cl_method`` 1, its
             TikTok command).

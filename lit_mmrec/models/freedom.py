@@ -39,6 +39,8 @@ class FREEDOM(RecommenderModule):
         * Xavier-uniform ID embeddings; the feature projections are PyTorch's default ``nn.Linear``.
 
     Args:
+        n_users: number of users (linked from the data module).
+        n_items: number of items (linked from the data module).
         embedding_dim: width of the ID embeddings and of the feature projections.
         n_ui_layers: LightGCN layers on the user-item graph (MMRec: 2).
         n_mm_layers: propagation layers on the item-item graph (MMRec: 1).

@@ -12,6 +12,8 @@ class LightGCN(RecommenderModule):
     """``E^(l+1) = D^-1/2 A D^-1/2 E^(l)``; the final embedding combines layers 0..L.
 
     Args:
+        n_users: number of users (linked from the data module).
+        n_items: number of items (linked from the data module).
         embedding_dim: width of the ID embeddings (Xavier-uniform initialised, as in MMRec).
         n_layers: propagation layers L.
         layer_combination: ``mean`` (the paper's alpha_k = 1/(L+1), MMRec's default) or ``sum``.

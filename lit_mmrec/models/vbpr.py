@@ -31,6 +31,8 @@ class VBPR(RecommenderModule):
           alike.
 
     Args:
+        n_users: number of users (linked from the data module).
+        n_items: number of items (linked from the data module).
         embedding_dim: width d of ``gamma`` and of the feature projection (users: 2d in all).
         normalise_features: L2-normalise each modality's raw feature rows before projecting them.
         **kwargs: see :class:`RecommenderModule` (``reg_weight``, ``optimizer``, ...).
