@@ -91,8 +91,10 @@ class RecommenderCLI(LightningCLI):
         """One folder per run: a :class:`RunCSVLogger` goes first, so its folder
         (``<default_root_dir>/lightning_logs/version_N`` unless configured) holds the run's config,
         metrics, checkpoints and W&B files; a resumed fit continues the folder of its checkpoint. ``predict``
-        logs nothing."""
+        logs nothing. ``fit`` also checkpoints the random state (:class:`RandomStateCheckpoint`)."""
         trainer = self.trainer
+        if self.subcommand == "fit" and not any(isinstance(c, RandomStateCheckpoint) for c in trainer.callbacks):
+            trainer.callbacks.insert(0, RandomStateCheckpoint())  # with or without a logger
         if self.subcommand == "predict":
             trainer.loggers = []
             return
@@ -114,8 +116,6 @@ class RecommenderCLI(LightningCLI):
             if isinstance(logger, TrackedWandbLogger):
                 logger.set_defaults(f"{type(self.model).__name__}-{self.datamodule.name}", csv_logger.log_dir)
                 logger.log_config(self.config[self.subcommand].clone().as_dict())
-        if self.subcommand == "fit" and not any(isinstance(c, RandomStateCheckpoint) for c in trainer.callbacks):
-            trainer.callbacks.insert(0, RandomStateCheckpoint())
 
     before_fit = before_test = before_validate = before_predict = _prepare_loggers
 
