@@ -252,3 +252,34 @@ def test_every_model_option_has_a_description(name: str):
                   for param in docstring_parser.parse(klass.__doc__).params if param.description}
     options = [key for key in inspect.signature(cls.__init__).parameters if key not in ("self", "kwargs")]
     assert not set(options) - documented, f"{name}: no description for {sorted(set(options) - documented)}"
+
+
+_GOOD = "userID\titemID\tx_label\n0\t0\t0\n0\t1\t0\n0\t2\t1\n1\t1\t0\n1\t2\t2\n2\t0\t0\n2\t2\t0\n2\t1\t1\n0\t3\t2\n"
+
+
+@pytest.mark.parametrize(("inter", "features", "message"), [
+    ("userID\titemID\n0\t0\n", None, "lacks column(s) ['x_label']"),
+    (_GOOD + "1\tx\t0\n", None, "itemID 'x' on line 11 is not an integer"),
+    (_GOOD + "-1\t0\t0\n", None, "negative userID -1 on line 11"),
+    (_GOOD + "1\t0\t7\n", None, "x_label 7 on line 11"),
+    (_GOOD.replace("1\t2\t2\n", "").replace("0\t3\t2\n", ""), None, "the test split is empty"),
+    (_GOOD, np.full((4, 2), np.nan, dtype=np.float32), "image_feat.npy"),
+    (_GOOD, np.ones((3, 2), dtype=np.float32), "image_feat.npy"),
+], ids=["missing-column", "non-integer", "negative-id", "bad-label", "empty-split", "nan-features", "row-count"])
+def test_each_bad_input_is_one_message_and_exit_status_2(tmp_path: Path, monkeypatch, capsys, inter, features,
+                                                         message):
+    from lit_mmrec.cli import main
+
+    monkeypatch.delenv("LIT_MMREC_DEBUG", raising=False)
+    (tmp_path / "toy.inter").write_text(inter)
+    if features is not None:
+        np.save(tmp_path / "image_feat.npy", features)
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", "--config", str(REPO_ROOT / "configs" / "experiment" / "lightgcn_synthetic.yaml"),
+              "--trainer.default_root_dir", str(tmp_path / "runs"), "--data.cache_dir", str(tmp_path / "cache"),
+              "--data.dataset.class_path", "lit_mmrec.data.MMRecAtomic",
+              "--data.dataset.init_args.root", str(tmp_path), "--data.dataset.init_args.name", "toy"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lit_mmrec: error: ") and message in err, err
+    assert "Traceback" not in err and len(err.splitlines()) <= 3
