@@ -143,6 +143,8 @@ class MMRecAtomic(DatasetSource):
         except ValueError as error:  # a row with too few columns
             return f"a row has fewer columns than the header ({error})"
         digits = np.char.isdigit(np.char.lstrip(text, "-"))
+        if digits.all():  # every value is written as an integer, yet one does not fit in int64
+            return "a value is out of the int64 range"
         row, column = np.argwhere(~digits)[0]
         name = (self.USER, self.ITEM, self.LABEL)[column]
         return f"{name} '{text[row, column]}' on line {row + 2} is not an integer"

@@ -44,6 +44,7 @@ def test_mmrec_reads_splits_and_features(tmp_path: Path):
         ("user\titemID\tx_label", GOOD_ROWS, "lacks column"),
         ("userID\titemID\tx_label", [(0, "a", 0)] + GOOD_ROWS, "itemID 'a' on line 2 is not an integer"),
         ("userID\titemID\tx_label", [(0, 1.5, 0)] + GOOD_ROWS, "itemID '1.5' on line 2 is not an integer"),
+        ("userID\titemID\tx_label", [(0, 10**20, 0)] + GOOD_ROWS, "out of the int64 range"),
         ("userID\titemID\tx_label", GOOD_ROWS + [(-1, 0, 0)], "negative userID"),
         ("userID\titemID\tx_label", GOOD_ROWS + [(0, -2, 0)], "negative itemID"),
         ("userID\titemID\tx_label", GOOD_ROWS + [(3, 0, 7)], "x_label 7"),
