@@ -73,19 +73,17 @@ def suggestion(message: str) -> str | None:
             return f"did you mean `{close[0]}` (an option of {name})?"
         return None
     unknown = re.search(r"unrecognized arguments: (\S+)", message, re.I)
-    for option in [unknown.group(1)] if unknown else []:
-        key = option.lstrip("-").split("=", 1)[0]
-        section, _, name = key.partition(".")
-        sections = _sections()
-        if section in sections and name:
-            close = difflib.get_close_matches(name, _option_names(sections[section]), n=1)
-            if close:
-                return f"did you mean `--{section}.{close[0]}`?"
-        elif not name:
-            close = difflib.get_close_matches(section, [*sections, "model", "config", "seed_everything",
-                                                        "ckpt_path", "test_after_fit"], n=1)
-            if close:
-                return f"did you mean `--{close[0]}`?"
+    if not unknown:
+        return None
+    section, _, name = unknown.group(1).lstrip("-").split("=", 1)[0].partition(".")
+    sections = _sections()
+    if section in sections and name:
+        close = difflib.get_close_matches(name, _option_names(sections[section]), n=1)
+        return f"did you mean `--{section}.{close[0]}`?" if close else None
+    if not name:
+        close = difflib.get_close_matches(section, [*sections, "model", "config", "seed_everything",
+                                                    "ckpt_path", "test_after_fit"], n=1)
+        return f"did you mean `--{close[0]}`?" if close else None
     return None
 
 
