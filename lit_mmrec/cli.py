@@ -22,7 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "validate": "evaluate a checkpoint on the validation split",
     "test": "evaluate a checkpoint on the test split",
     "predict": "write every user's top-K recommendations",
-    "sweep": "run a W&B sweep file locally, without a W&B server",
+    "sweep": "run a W&B sweep file as an Optuna study, without a W&B server",
     "compare": "compare two trained runs user by user (paired differences and p-values)",
 }
 # subcommands that are not LightningCLI's: module and function that take the remaining arguments

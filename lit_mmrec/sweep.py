@@ -1,263 +1,159 @@
-"""Local hyper-parameter sweeps from the same YAML files that W&B agents run (``lit_mmrec sweep``).
+"""``lit_mmrec sweep``: the W&B sweep files of ``sweeps/`` run as Optuna studies, without a W&B server.
 
-``lit_mmrec sweep sweeps/dasrec_tiktok_bayes.yaml --count 8 --output runs/sweep`` runs trials one after
-another in this process, each a full ``lit_mmrec fit`` built from the file's ``command`` with the
-trial's parameters in place of ``${args}``. It follows W&B's sweep semantics so that a file behaves
-the same locally and with ``wandb agent``:
+A sweep file (the same YAML ``wandb agent`` runs) is translated to an Optuna study; each trial is a
+full ``lit_mmrec fit`` (the model picked by validation, then its best checkpoint tested) in its own run
+folder, built from the file's ``command`` with the trial's parameters in place of ``${args}``.
 
-* ``method``: ``grid`` (every combination, in file order), ``random`` (independent draws) or
-  ``bayes`` (a Gaussian process on the unit cube of the parameters, Matern-5/2 kernel, expected
-  improvement over random candidates; the first two trials are random draws);
-* ``parameters``: ``value``, ``values`` (optionally ``probabilities``), ``min``/``max`` and the
-  distributions ``constant``, ``categorical``, ``int_uniform``, ``uniform``, ``q_uniform``,
-  ``log_uniform`` (bounds are exponents), ``log_uniform_values``, ``q_log_uniform_values``, ``normal``,
-  ``q_normal``, ``log_normal`` and ``q_log_normal``;
-* ``metric``: the logged metric to optimise (``val/recall@20``) and its ``goal``; a trial's value is
-  the best one it reached, i.e. the value of the checkpoint that validation picks;
-* ``early_terminate: {type: hyperband, min_iter | max_iter + s, eta, strict}``: after each
-  validation, a trial whose best value so far is outside the top ``1/eta`` of all trials' values at
-  the last band it passed is stopped (W&B's hyperband rule, ``strict`` compares the value at the band).
+* ``method``: ``grid`` -> ``GridSampler`` (every combination once, in a seeded random order);
+  ``random`` -> ``RandomSampler``; ``bayes`` -> ``TPESampler(multivariate=True, constant_liar=True)``.
+  W&B's ``bayes`` is a Gaussian process; TPE is used instead because it keeps parallel workers apart
+  (the constant liar treats running trials as bad, so two workers do not propose the same point, which a
+  GP without pending-point handling does), models categorical parameters natively (most files here are
+  lists of values) and learns from pruned trials' intermediate values.
+* ``parameters``: ``value``/``constant`` and ``values``/``categorical`` -> ``CategoricalDistribution``;
+  ``int_uniform`` -> ``IntDistribution``; ``uniform`` -> ``FloatDistribution``; ``q_uniform`` -> the
+  same with ``step=q``; ``log_uniform_values`` -> ``FloatDistribution(log=True)``; ``log_uniform``
+  (bounds are exponents) -> ``FloatDistribution(e^min, e^max, log=True)``. No exact counterpart:
+  ``q_log_uniform_values`` is sampled log-uniformly and rounded to a multiple of ``q`` (``IntDistribution
+  (log=True)`` when ``q`` is 1 and the bounds are integers); ``normal``/``q_normal`` are sampled
+  uniformly over mu +- 3 sigma, ``log_normal``/``q_log_normal`` log-uniformly over exp(mu +- 3 sigma);
+  ``probabilities``, ``beta`` and ``inv_log_uniform`` are refused with a message.
+* ``early_terminate: {type: hyperband, min_iter | max_iter + s, eta}`` -> ``HyperbandPruner(min_resource,
+  max_resource, reduction_factor=eta)``, fed after each validation by :class:`OptunaPruning`, whose step is
+  the number of validations (W&B's iterations). W&B compares a trial's best value so far (its value at
+  the band with ``strict: true``); the callback reports the running best (the value itself when strict).
+  A pruned trial stops training and still tests its best checkpoint.
+* ``metric``: the logged metric (``val/recall@20``) and its ``goal``, the study's direction; a trial's
+  value is the best the metric reached (the checkpoint validation picks), read from its ``metrics.csv``.
 
-Every finished trial is appended to ``<output>/trials.jsonl`` (so a rerun of the same command resumes
-where the sweep stopped and feeds the finished trials to the search), the table of all trials is
-rewritten to ``<output>/trials.md``, and the complete config of the best trial to
-``<output>/best_config.yaml``, which ``lit_mmrec fit --config`` takes as it is. Relative ``--config``
-paths in the command are resolved against ``--workdir`` (default: the current directory), which is
-where ``wandb agent`` would run the command.
+Storage: a journal file in ``--output`` (rerunning the command continues the study), or ``--storage
+URL`` (``sqlite:///study.db``, ``postgresql://...``) shared by workers on any number of machines; start
+as many ``lit_mmrec sweep`` processes as there are devices. A trial whose process was killed is marked
+failed and queued again, resuming from its last checkpoint. ``<output>/trials.md`` (every trial) and
+``<output>/best_config.yaml`` (the complete config of the best trial) are rewritten after each trial.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import csv
 import json
-import logging
 import math
 import os
+import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
+import optuna
 import yaml
 from lightning.pytorch.trainer.states import TrainerFn
-from scipy import stats
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
 
-log = logging.getLogger(__name__)
-
-METHODS = ("grid", "random", "bayes")
-DISTRIBUTIONS = (
-    "constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_values",
-    "q_log_uniform_values", "normal", "q_normal", "log_normal", "q_log_normal",
-)
-_EDGE = 1e-6  # keeps unit coordinates off 0 and 1 for the normal quantile
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_KINDS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_values",
+          "q_log_uniform_values", "normal", "q_normal", "log_normal", "q_log_normal")
 
 
 class SweepConfigError(ValueError):
     """A sweep file that cannot be run; the message names the file, the field and the fix."""
 
 
-# ----------------------------------------------------------------------------------------------
-# parameters
+class TrialError(RuntimeError):
+    """A trial that crashed: recorded as failed, and the sweep goes on."""
 
 
-@dataclass(frozen=True)
-class Parameter:
-    """One swept parameter and the map between its values and a coordinate ``u`` in [0, 1].
-
-    Random search draws ``u`` uniformly (so a ``normal`` parameter comes out normal, through the
-    quantile function); Bayesian search models the metric as a function of these coordinates.
-    """
-
-    name: str
-    distribution: str
-    values: tuple = ()
-    probabilities: tuple[float, ...] | None = None
-    low: float = 0.0
-    high: float = 1.0
-    mu: float = 0.0
-    sigma: float = 1.0
-    q: float | None = None
-
-    def _category_edges(self) -> np.ndarray:
-        """[0, p_1, p_1 + p_2, ..., 1]: each category's share of [0, 1] (uniform unless ``probabilities``)."""
-        n = len(self.values)
-        return np.concatenate([[0.0], np.cumsum(self.probabilities or [1.0 / n] * n)])
-
-    def _quantise(self, value: float) -> float:
-        return value if self.q is None else round(value / self.q) * self.q
-
-    def from_unit(self, u: float) -> Any:
-        u = min(max(float(u), 0.0), 1.0)
-        kind = self.distribution
-        if kind == "constant":
-            return self.values[0]
-        if kind == "categorical":
-            upper = self._category_edges()[1:]
-            return self.values[min(int(np.searchsorted(upper, u, side="right")), len(self.values) - 1)]
-        if kind == "int_uniform":
-            span = int(self.high) - int(self.low) + 1
-            return int(self.low) + min(int(u * span), span - 1)
-        if kind in ("uniform", "q_uniform"):
-            return self._quantise(self.low + u * (self.high - self.low))
-        if kind == "log_uniform":
-            return math.exp(self.low + u * (self.high - self.low))
-        if kind in ("log_uniform_values", "q_log_uniform_values"):
-            return self._quantise(math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low))))
-        z = float(stats.norm.ppf(min(max(u, _EDGE), 1.0 - _EDGE)))
-        if kind in ("normal", "q_normal"):
-            return self._quantise(self.mu + self.sigma * z)
-        return self._quantise(math.exp(self.mu + self.sigma * z))  # log_normal, q_log_normal
-
-    def to_unit(self, value: Any) -> float:
-        kind = self.distribution
-        if kind == "constant":
-            return 0.5
-        if kind == "categorical":
-            index, edges = self.values.index(value), self._category_edges()
-            return float((edges[index] + edges[index + 1]) / 2)
-        if kind == "int_uniform":
-            span = int(self.high) - int(self.low) + 1
-            return (int(value) - int(self.low) + 0.5) / span
-        if kind in ("uniform", "q_uniform"):
-            return (float(value) - self.low) / (self.high - self.low)
-        if kind == "log_uniform":
-            return (math.log(value) - self.low) / (self.high - self.low)
-        if kind in ("log_uniform_values", "q_log_uniform_values"):
-            return (math.log(value) - math.log(self.low)) / (math.log(self.high) - math.log(self.low))
-        z = (float(value) - self.mu) / self.sigma if kind in ("normal", "q_normal") else (math.log(value) - self.mu) / self.sigma
-        return float(stats.norm.cdf(z))
-
-    def grid(self) -> list:
-        """The finite list of values a grid search enumerates."""
-        if self.distribution in ("constant", "categorical"):
-            return list(self.values)
-        if self.distribution == "int_uniform":
-            return list(range(int(self.low), int(self.high) + 1))
-        if self.distribution == "q_uniform":
-            steps = int(math.floor((self.high - self.low) / self.q + 1e-9))
-            return [self._quantise(self.low + step * self.q) for step in range(steps + 1)]
-        raise SweepConfigError(
-            f"parameter {self.name!r}: a grid search needs a finite set of values, but its distribution is "
-            f"{self.distribution!r}; give it `values: [...]`, an int_uniform or a q_uniform range"
-        )
-
-
-def parse_parameter(name: str, spec: Any, source: str) -> Parameter:
-    where = f"{source}: parameters.{name}"
+def _distribution(spec: Any, where: str) -> tuple[BaseDistribution, float | None]:
+    """The Optuna distribution of one W&B parameter spec, and the multiple its samples are rounded to."""
     if not isinstance(spec, dict):
         raise SweepConfigError(f"{where} must be a mapping such as `{{values: [...]}}` or `{{min: 0, max: 1}}`")
-    if "parameters" in spec:
-        raise SweepConfigError(f"{where}: nested parameters are not supported locally; flatten them to "
-                               f"dotted names such as `model.init_args.lambda_cl`")
-    distribution = spec.get("distribution")
-    if distribution is None:  # W&B's inference
-        if "value" in spec:
-            distribution = "constant"
-        elif "values" in spec:
-            distribution = "categorical"
-        elif "min" in spec and "max" in spec:
-            distribution = "int_uniform" if all(isinstance(spec[k], int) for k in ("min", "max")) else "uniform"
-        else:
-            raise SweepConfigError(f"{where} needs `value`, `values`, `min`/`max` or a `distribution`")
-    if distribution not in DISTRIBUTIONS:
-        raise SweepConfigError(f"{where}.distribution {distribution!r} is not supported locally; use one of "
-                               f"{', '.join(DISTRIBUTIONS)}")
-    if distribution == "constant":
-        if "value" not in spec:
-            raise SweepConfigError(f"{where}: a constant needs `value`")
-        return Parameter(name, distribution, values=(spec["value"],))
-    if distribution == "categorical":
-        values = spec.get("values")
+    kind = spec.get("distribution") or ("constant" if "value" in spec else "categorical" if "values" in spec
+                                        else "int_uniform" if all(isinstance(spec.get(k), int) for k in ("min", "max"))
+                                        else "uniform")
+    q = spec.get("q", 1)
+    if kind not in _KINDS:
+        raise SweepConfigError(f"{where}.distribution {kind!r} has no Optuna counterpart; use uniform, "
+                               f"log_uniform_values or a list of values, or run the file with `wandb agent`")
+    if kind in ("constant", "categorical"):
+        if "probabilities" in spec:
+            raise SweepConfigError(f"{where}.probabilities: Optuna has no weighted choice; remove them "
+                                   f"(uniform choice) or run the file with `wandb agent`")
+        values = [spec["value"]] if kind == "constant" else spec.get("values")
         if not isinstance(values, list) or not values:
-            raise SweepConfigError(f"{where}.values must be a non-empty list")
-        probabilities = spec.get("probabilities")
-        if probabilities is not None and (len(probabilities) != len(values) or abs(sum(probabilities) - 1) > 1e-6):
-            raise SweepConfigError(f"{where}.probabilities must have one entry per value and sum to 1")
-        return Parameter(name, distribution, values=tuple(values),
-                         probabilities=tuple(probabilities) if probabilities is not None else None)
-    q = spec.get("q", 1.0 if distribution.startswith("q_") else None)
-    if distribution in ("normal", "q_normal", "log_normal", "q_log_normal"):
-        return Parameter(name, distribution, mu=float(spec.get("mu", 0.0)), sigma=float(spec.get("sigma", 1.0)), q=q)
+            raise SweepConfigError(f"{where} needs `value` or a non-empty `values` list")
+        return CategoricalDistribution(values), None
+    if kind in ("normal", "q_normal", "log_normal", "q_log_normal"):
+        mu, sigma = float(spec.get("mu", 0.0)), float(spec.get("sigma", 1.0))
+        low, high = mu - 3 * sigma, mu + 3 * sigma
+        if kind.endswith("log_normal"):
+            return FloatDistribution(math.exp(low), math.exp(high), log=True), q if kind.startswith("q_") else None
+        return FloatDistribution(low, high), q if kind.startswith("q_") else None
     if "min" not in spec or "max" not in spec:
-        raise SweepConfigError(f"{where}: distribution {distribution!r} needs `min` and `max`")
+        raise SweepConfigError(f"{where}: distribution {kind!r} needs `min` and `max`")
     low, high = spec["min"], spec["max"]
     if not low < high:
         raise SweepConfigError(f"{where}: min ({low}) must be below max ({high})")
-    if distribution in ("log_uniform_values", "q_log_uniform_values") and low <= 0:
-        raise SweepConfigError(f"{where}: {distribution} needs min > 0 (the bounds are values, not exponents)")
-    return Parameter(name, distribution, low=float(low), high=float(high), q=q)
+    integral = all(isinstance(v, int) for v in (low, high, q))
+    if kind == "int_uniform":
+        return IntDistribution(int(low), int(high)), None
+    if kind == "uniform":
+        return FloatDistribution(low, high), None
+    if kind == "q_uniform":
+        return (IntDistribution(low, high, step=q) if integral else FloatDistribution(low, high, step=q)), None
+    if kind == "log_uniform":
+        return FloatDistribution(math.exp(low), math.exp(high), log=True), None
+    if low <= 0:
+        raise SweepConfigError(f"{where}: {kind} needs min > 0 (the bounds are values, not exponents)")
+    if kind == "q_log_uniform_values" and integral and q == 1:
+        return IntDistribution(low, high, log=True), None
+    return FloatDistribution(low, high, log=True), q if kind.startswith("q_") else None
 
 
-# ----------------------------------------------------------------------------------------------
-# the sweep file
+def _grid_values(name: str, distribution: BaseDistribution, quantum: float | None, source: str) -> list:
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    if isinstance(distribution, IntDistribution) and not distribution.log:
+        return list(range(distribution.low, distribution.high + 1, distribution.step))
+    if isinstance(distribution, FloatDistribution) and distribution.step and quantum is None:
+        steps = int(math.floor((distribution.high - distribution.low) / distribution.step + 1e-9))
+        return [distribution.low + k * distribution.step for k in range(steps + 1)]
+    raise SweepConfigError(f"{source}: parameters.{name}: a grid search needs a finite set of values; give it "
+                           f"`values: [...]`, an int_uniform or a q_uniform range")
 
 
-@dataclass(frozen=True)
-class EarlyTermination:
-    """W&B's hyperband rule; ``bands`` are the numbers of validations at which trials are compared."""
+class Sweep:
+    """A W&B sweep file translated to Optuna: search space, sampler, pruner, direction and command."""
 
-    bands: tuple[int, ...]
-    eta: float
-    strict: bool = False
-
-    @classmethod
-    def from_spec(cls, spec: dict, source: str) -> EarlyTermination:
-        if spec.get("type") != "hyperband":
-            raise SweepConfigError(f"{source}: early_terminate.type {spec.get('type')!r} is not supported; use hyperband")
-        eta = float(spec.get("eta", 3))
-        if eta <= 1:
-            raise SweepConfigError(f"{source}: early_terminate.eta must be above 1, got {eta}")
-        if "min_iter" in spec:
-            bands = tuple(int(spec["min_iter"] * eta**k) for k in range(32))
-        elif "max_iter" in spec:
-            band, bands = float(spec["max_iter"]), []
-            for _ in range(int(spec.get("s", 0))):
-                band /= eta
-                if band < 1:
-                    break
-                bands.append(int(band))
-            bands = tuple(sorted(bands))
-        else:
-            raise SweepConfigError(f"{source}: early_terminate needs `min_iter`, or `max_iter` with `s`")
-        if not bands or bands[0] < 1:
-            raise SweepConfigError(f"{source}: early_terminate gives no band of at least one validation; "
-                                   f"raise min_iter (or max_iter/s)")
-        return cls(bands, eta, bool(spec.get("strict", False)))
-
-    def should_stop(self, history: Sequence[float], all_histories: Sequence[Sequence[float]], maximize: bool) -> bool:
-        """Whether the trial with metric ``history`` stops, given every trial's history (its own included)."""
-        sign = -1.0 if maximize else 1.0  # compare as losses: lower is better
-        passed = [band for band in self.bands if band <= len(history)]
-        if not passed:
-            return False
-        band = passed[-1]
-        at_band = sorted(sign * h[band - 1] for h in all_histories if len(h) >= band)
-        threshold = at_band[int(len(at_band) / self.eta)]
-        value = sign * history[band - 1] if self.strict else min(sign * v for v in history)
-        return value > threshold
-
-
-@dataclass(frozen=True)
-class SweepSpec:
-    """A parsed W&B sweep file."""
-
-    source: str
-    name: str
-    method: str
-    metric: str
-    maximize: bool
-    parameters: tuple[Parameter, ...]
-    command: tuple[str, ...]
-    early_termination: EarlyTermination | None = None
+    def __init__(self, raw: dict, source: str = "<sweep>", seed: int | None = None, startup_trials: int = 10):
+        self.source, self.seed, self.startup_trials = source, seed, startup_trials
+        self.method = raw.get("method")
+        if self.method not in ("grid", "random", "bayes"):
+            raise SweepConfigError(f"{source}: method must be grid, random or bayes, got {self.method!r}")
+        metric = raw.get("metric") or {}
+        if "name" not in metric or metric.get("goal", "minimize") not in ("maximize", "minimize"):
+            raise SweepConfigError(f"{source}: metric needs a name (e.g. val/recall@20) and goal maximize|minimize")
+        self.metric, self.direction = str(metric["name"]), metric.get("goal", "minimize")
+        parameters = raw.get("parameters")
+        if not isinstance(parameters, dict) or not parameters:
+            raise SweepConfigError(f"{source}: parameters must map at least one parameter name to its values")
+        nested = [name for name, spec in parameters.items() if isinstance(spec, dict) and "parameters" in spec]
+        if nested:
+            raise SweepConfigError(f"{source}: parameters.{nested[0]}: nested parameters are not supported; "
+                                   f"use dotted names such as model.init_args.lambda_cl")
+        self.space = {name: _distribution(spec, f"{source}: parameters.{name}") for name, spec in parameters.items()}
+        self.command = [str(part) for part in raw.get("command") or ["${program}", "${args}"]]
+        if "${args}" not in self.command:
+            raise SweepConfigError(f"{source}: command must contain ${{args}}, where the trial's parameters go")
+        self.name = str(raw.get("name", Path(source).stem))
+        self.early_terminate = raw.get("early_terminate")
+        self.pruner()  # refuse a bad early_terminate before any trial runs
 
     @classmethod
-    def load(cls, path: str | Path) -> SweepSpec:
-        path = Path(path)
+    def load(cls, path: Path, **options) -> Sweep:
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -265,62 +161,73 @@ class SweepSpec:
         except yaml.YAMLError as error:
             raise SweepConfigError(f"sweep file {path} is not valid YAML: {error}") from None
         if not isinstance(raw, dict):
-            raise SweepConfigError(f"sweep file {path} must be a mapping with method, metric, parameters")
-        return cls.from_dict(raw, str(path))
+            raise SweepConfigError(f"sweep file {path} must be a mapping with method, metric and parameters")
+        return cls(raw, str(path), **options)
 
-    @classmethod
-    def from_dict(cls, raw: dict, source: str = "<sweep>") -> SweepSpec:
-        method = raw.get("method")
-        if method not in METHODS:
-            raise SweepConfigError(f"{source}: method must be one of {', '.join(METHODS)}, got {method!r}")
-        metric = raw.get("metric") or {}
-        if "name" not in metric:
-            raise SweepConfigError(f"{source}: metric.name is required (e.g. val/recall@20)")
-        goal = metric.get("goal", "minimize")
-        if goal not in ("maximize", "minimize"):
-            raise SweepConfigError(f"{source}: metric.goal must be maximize or minimize, got {goal!r}")
-        parameters = raw.get("parameters") or {}
-        if not isinstance(parameters, dict) or not parameters:
-            raise SweepConfigError(f"{source}: parameters must map at least one parameter name to its values")
-        command = raw.get("command") or ["${program}", "${args}"]
-        if "${args}" not in command:
-            raise SweepConfigError(f"{source}: command must contain ${{args}}, where the trial's parameters go")
-        early = raw.get("early_terminate")
-        return cls(
-            source=source,
-            name=str(raw.get("name", Path(source).stem)),
-            method=method,
-            metric=str(metric["name"]),
-            maximize=goal == "maximize",
-            parameters=tuple(parse_parameter(name, spec, source) for name, spec in parameters.items()),
-            command=tuple(str(part) for part in command),
-            early_termination=EarlyTermination.from_spec(early, source) if early else None,
-        )
+    def sampler(self) -> optuna.samplers.BaseSampler:
+        if self.method == "grid":
+            grid = {name: _grid_values(name, *space, self.source) for name, space in self.space.items()}
+            return optuna.samplers.GridSampler(grid, seed=self.seed)
+        if self.method == "random":
+            return optuna.samplers.RandomSampler(seed=self.seed)
+        return optuna.samplers.TPESampler(seed=self.seed, multivariate=True, constant_liar=True,
+                                          n_startup_trials=self.startup_trials)
 
-    def grid_size(self) -> int:
-        return math.prod(len(parameter.grid()) for parameter in self.parameters)
+    def pruner(self) -> optuna.pruners.BasePruner:
+        spec = self.early_terminate
+        if not spec:
+            return optuna.pruners.NopPruner()
+        eta = spec.get("eta", 3)
+        if spec.get("type") != "hyperband" or eta != int(eta) or eta < 2:
+            raise SweepConfigError(f"{self.source}: early_terminate must be {{type: hyperband, eta: an integer >= 2, "
+                                   f"min_iter or max_iter + s}}, got {spec}")
+        eta = int(eta)
+        if "min_iter" in spec:
+            low, high = int(spec["min_iter"]), int(spec.get("max_iter", 0)) or "auto"
+        elif "max_iter" in spec:
+            high = int(spec["max_iter"])
+            low = max(1, int(high / eta ** int(spec.get("s", 0))))
+        else:
+            raise SweepConfigError(f"{self.source}: early_terminate needs min_iter, or max_iter with s")
+        if low < 1:
+            raise SweepConfigError(f"{self.source}: early_terminate.min_iter must be at least one validation")
+        return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=high, reduction_factor=eta)
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The trial's parameter values, as ``fit`` receives them."""
+        values = {}
+        for name, (distribution, quantum) in self.space.items():
+            if isinstance(distribution, CategoricalDistribution) or self.method == "grid":
+                value = trial.suggest_categorical(name, _grid_values(name, distribution, quantum, self.source)
+                                                  if self.method == "grid" else distribution.choices)
+            elif isinstance(distribution, IntDistribution):
+                value = trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step,
+                                          log=distribution.log)
+            else:
+                value = trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step,
+                                            log=distribution.log)
+            values[name] = value if quantum is None else round(value / quantum) * quantum
+        return values
 
     def fit_arguments(self, params: dict[str, Any], workdir: Path) -> list[str]:
-        """The ``lit_mmrec`` argument list of one trial: the command without the program, ``${args}``
-        expanded to ``--name=value``, relative ``--config`` files resolved against ``workdir``."""
+        """The ``lit_mmrec`` arguments of one trial: the command without its program, ``${args}`` expanded
+        to ``--name=value``, relative ``--config`` files resolved against ``workdir``."""
         parts = [part for part in self.command if part not in ("${env}", "${interpreter}")]
         if parts and parts[0] in ("lit_mmrec", "${program}"):
             parts = parts[1:]
         if not parts or parts[0] != "fit":
-            raise SweepConfigError(f"{self.source}: command must run `lit_mmrec fit ...`, got {list(self.command)}")
+            raise SweepConfigError(f"{self.source}: command must run `lit_mmrec fit ...`, got {self.command}")
         arguments: list[str] = []
         for index, part in enumerate(parts):
             if part == "${args}":
                 arguments += [f"--{name}={_format(value)}" for name, value in params.items()]
             elif part.startswith("${"):
-                raise SweepConfigError(f"{self.source}: command macro {part} is not supported locally; "
-                                       f"use ${{args}}")
+                raise SweepConfigError(f"{self.source}: command macro {part} is not supported; use ${{args}}")
             elif index > 0 and parts[index - 1] == "--config" and not Path(part).is_absolute():
-                resolved = (workdir / part).resolve()
-                if not resolved.is_file():
+                if not (workdir / part).is_file():
                     raise SweepConfigError(f"{self.source}: command config {part} is not a file under {workdir}; "
                                            f"run from the repository root or pass --workdir")
-                arguments.append(str(resolved))
+                arguments.append(str((workdir / part).resolve()))
             else:
                 arguments.append(part)
         return arguments
@@ -330,260 +237,209 @@ def _format(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
 
 
-# ----------------------------------------------------------------------------------------------
-# search
+class OptunaPruning(L.Callback):
+    """Reports the metric to the trial after each validation; stops training when the pruner says so."""
 
-
-def _matern52(a: np.ndarray, b: np.ndarray, lengthscale: float) -> np.ndarray:
-    distance = np.sqrt(np.maximum(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1), 0.0)) / lengthscale
-    root5 = math.sqrt(5.0) * distance
-    return (1.0 + root5 + 5.0 / 3.0 * distance**2) * np.exp(-root5)
-
-
-def expected_improvement_proposal(
-    observed: np.ndarray, values: np.ndarray, rng: np.random.Generator, n_candidates: int = 4096,
-    noise: float = 1e-4, lengthscales: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
-    accept: Callable[[np.ndarray], bool] | None = None,
-) -> np.ndarray:
-    """The unit-cube point with the largest expected improvement under a GP fitted to (``observed``,
-    ``values``); values are maximised. The lengthscale is the one of ``lengthscales`` with the
-    highest marginal likelihood; candidates are uniform draws plus perturbations of the best point.
-    With ``accept``, the best candidate it accepts (the best overall if it accepts none)."""
-    mean, scale = values.mean(), values.std() or 1.0
-    y = (values - mean) / scale
-    best_fit = None
-    for lengthscale in lengthscales:
-        kernel = _matern52(observed, observed, lengthscale) + noise * np.eye(len(observed))
-        chol = np.linalg.cholesky(kernel)
-        alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, y))
-        log_likelihood = -0.5 * y @ alpha - np.log(np.diag(chol)).sum()
-        if best_fit is None or log_likelihood > best_fit[0]:
-            best_fit = (log_likelihood, lengthscale, chol, alpha)
-    _, lengthscale, chol, alpha = best_fit
-    dim = observed.shape[1]
-    incumbent = observed[np.argmax(y)]
-    candidates = np.concatenate([
-        rng.random((n_candidates, dim)),
-        np.clip(incumbent + 0.05 * rng.standard_normal((n_candidates // 4, dim)), 0.0, 1.0),
-    ])
-    cross = _matern52(candidates, observed, lengthscale)
-    mu = cross @ alpha
-    solved = np.linalg.solve(chol, cross.T)
-    sigma = np.sqrt(np.maximum(1.0 + noise - (solved**2).sum(0), 1e-12))
-    improvement = mu - y.max()
-    z = improvement / sigma
-    expected = improvement * stats.norm.cdf(z) + sigma * stats.norm.pdf(z)
-    order = np.argsort(-expected, kind="stable")
-    if accept is not None:
-        for position in order:
-            if accept(candidates[position]):
-                return candidates[position]
-    return candidates[order[0]]
-
-
-def propose(spec: SweepSpec, index: int, finished: Sequence[TrialRecord], seed: int) -> dict[str, Any] | None:
-    """Parameters of trial ``index`` (0-based); ``None`` when a grid is exhausted."""
-    if spec.method == "grid":
-        combinations = itertools.product(*(parameter.grid() for parameter in spec.parameters))
-        combination = next(itertools.islice(combinations, index, None), None)
-        if combination is None:
-            return None
-        return {parameter.name: value for parameter, value in zip(spec.parameters, combination)}
-    rng = np.random.default_rng([seed, index])  # trial i's draws do not depend on how the sweep got there
-
-    def settings(unit: np.ndarray) -> dict[str, Any]:
-        return {parameter.name: _plain(parameter.from_unit(u)) for parameter, u in zip(spec.parameters, unit)}
-
-    scored = [record for record in finished if record.value is not None]
-    if spec.method == "bayes" and len(scored) >= 2:
-        observed = np.array([[p.to_unit(record.params[p.name]) for p in spec.parameters] for record in scored])
-        values = np.array([record.value for record in scored], dtype=np.float64)
-        # a trial is deterministic given its settings, so a point already run (categorical and
-        # quantised parameters map many unit points to one setting) would only repeat its result
-        tried = {_settings_key(record.params) for record in finished}
-        unit = expected_improvement_proposal(observed, values if spec.maximize else -values, rng,
-                                             accept=lambda u: _settings_key(settings(u)) not in tried)
-    else:
-        unit = rng.random(len(spec.parameters))
-    return settings(unit)
-
-
-def _settings_key(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True, default=str)
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-# ----------------------------------------------------------------------------------------------
-# running trials
-
-
-@dataclass
-class TrialRecord:
-    """What the sweep keeps of one trial (one line of ``trials.jsonl``)."""
-
-    index: int
-    params: dict[str, Any]
-    status: str = "running"  # finished | stopped (early termination) | failed
-    value: float | None = None
-    best_epoch: int | None = None
-    history: list[float] = field(default_factory=list)
-    test: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-    run_dir: str = ""
-    error: str = ""
-
-
-class TrialMonitor(L.Callback):
-    """Feeds each validation's metric to the sweep and stops the trial when hyperband says so."""
-
-    def __init__(self, record: TrialRecord, spec: SweepSpec, others: Sequence[TrialRecord]) -> None:
-        self.record, self.spec, self.others = record, spec, others
+    def __init__(self, trial: optuna.Trial, metric: str, maximize: bool, strict: bool, source: str) -> None:
+        self.trial, self.metric, self.maximize, self.strict, self.source = trial, metric, maximize, strict, source
+        self.best: float | None = None
+        self.pruned = False
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        if self.spec.metric not in trainer.callback_metrics:
-            raise SweepConfigError(f"{self.spec.source}: metric.name {self.spec.metric!r} is not logged; "
-                                   f"logged metrics: {sorted(trainer.callback_metrics)}")
-        value = float(trainer.callback_metrics[self.spec.metric])
-        record = self.record
-        record.history.append(value)
-        better = record.value is None or (value > record.value if self.spec.maximize else value < record.value)
-        if better:
-            record.value, record.best_epoch = value, trainer.current_epoch
-        rule = self.spec.early_termination
-        if rule is not None and trainer.state.fn == TrainerFn.FITTING:
-            histories = [other.history for other in self.others if other.history] + [record.history]
-            if rule.should_stop(record.history, histories, self.spec.maximize):
-                log.info("trial %d stopped by hyperband after %d validations", record.index, len(record.history))
-                record.status = "stopped"
-                trainer.should_stop = True
+        if self.metric not in trainer.callback_metrics:
+            raise SweepConfigError(f"{self.source}: metric.name {self.metric!r} is not logged; logged metrics: "
+                                   f"{sorted(trainer.callback_metrics)}")
+        value = float(trainer.callback_metrics[self.metric])
+        if self.best is None or (value > self.best if self.maximize else value < self.best):
+            self.best = value
+        validations = (trainer.current_epoch + 1) // (trainer.check_val_every_n_epoch or 1)
+        self.trial.report(value if self.strict else self.best, step=validations)
+        if self.trial.should_prune():
+            self.pruned = trainer.should_stop = True
 
 
-def run_trial(spec: SweepSpec, record: TrialRecord, others: Sequence[TrialRecord], workdir: Path) -> str:
-    """Runs one trial through the real CLI (fit, then test of the best checkpoint); returns its
-    complete config as YAML, as LightningCLI saves it."""
-    from lightning.pytorch.cli import SaveConfigCallback
-
+def run_trial(sweep: Sweep, trial: optuna.Trial, workdir: Path, output: Path, max_trials: int | None = None) -> float:
+    """The objective: one ``lit_mmrec fit`` with the trial's parameters; its best validation value."""
     from lit_mmrec.lightning_cli import build_cli
 
-    arguments = spec.fit_arguments(record.params, workdir) + [f"--trainer.default_root_dir={record.run_dir}"]
+    ahead = trial.study.get_trials(False, states=(*FINISHED, TrialState.RUNNING))
+    if max_trials is not None and sum(t.number < trial.number for t in ahead) >= max_trials:
+        trial.set_user_attr("surplus", True)  # another worker took the last trial while this one asked
+        raise TrialError(f"the study already holds {max_trials} trials (--max-trials); this worker stops")
+    params = sweep.suggest(trial)
+    twin = next((t for t in trial.study.get_trials(False, states=FINISHED) if t.user_attrs.get("params") == params),
+                None)
+    run_dir = Path(trial.user_attrs.get("run_dir", output / f"trial-{trial.number:03d}"))
+    trial.set_user_attr("params", params)
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("run_dir", str(run_dir))
+    if twin is not None:  # a trial is deterministic given its settings: running them again would repeat it
+        for key in ("best_value", "best_epoch", "validations", "test", "config", "seconds"):
+            trial.set_user_attr(key, twin.user_attrs.get(key))
+        trial.set_user_attr("same_as", twin.number)
+        if twin.state == TrialState.PRUNED:
+            raise optuna.TrialPruned()
+        return twin.value
+    spec = sweep.early_terminate or {}
+    pruning = OptunaPruning(trial, sweep.metric, sweep.direction == "maximize", bool(spec.get("strict")), sweep.source)
+    arguments = sweep.fit_arguments(params, workdir) + [f"--trainer.default_root_dir={run_dir}"]
+    last = sorted(run_dir.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
+    if last:  # the retry of a trial whose process was killed continues its run
+        arguments.append(f"--ckpt_path={last[-1]}")
     started = time.perf_counter()
-    cli = build_cli(arguments, extra_callbacks=[TrialMonitor(record, spec, others)])
-    record.seconds = time.perf_counter() - started
-    if record.status == "running":
-        record.status = "finished"
-    record.test = {name: float(value) for name, value in cli.trainer.callback_metrics.items()
-                   if name.startswith("test/")}
-    saver = next(callback for callback in cli.trainer.callbacks if isinstance(callback, SaveConfigCallback))
-    return saver.parser.dump(saver.config, skip_none=False)
+    try:
+        cli = build_cli(arguments, extra_callbacks=[pruning])
+    except SweepConfigError:
+        raise
+    except (Exception, SystemExit) as error:
+        raise TrialError(f"trial {trial.number} ({params}) failed: {type(error).__name__}: {error}") from error
+    run = Path(cli.trainer.loggers[0].log_dir)
+    with (run / "metrics.csv").open(newline="") as handle:
+        history = [(int(row["epoch"]), float(row[sweep.metric])) for row in csv.DictReader(handle)
+                   if row.get(sweep.metric)]
+    if not history:
+        raise TrialError(f"trial {trial.number}: {run / 'metrics.csv'} holds no {sweep.metric}")
+    epoch, best = (max if sweep.direction == "maximize" else min)(history, key=lambda item: item[1])
+    trial.set_user_attr("seconds", time.perf_counter() - started)
+    trial.set_user_attr("best_value", best)
+    trial.set_user_attr("best_epoch", epoch)
+    trial.set_user_attr("validations", len(history))
+    trial.set_user_attr("config", str(run / "config.yaml"))
+    trial.set_user_attr("test", {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")})
+    if pruning.pruned:
+        raise optuna.TrialPruned()
+    return best
 
 
-def load_records(path: Path) -> list[TrialRecord]:
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(TrialRecord(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError) as error:
-                raise SweepConfigError(f"{path}, line {number}: not a trial record ({error}); "
-                                       f"remove the line or start the sweep in a new --output") from None
-    return records
+def retry_killed(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queues a trial whose process died again, with its parameters and run folder (so it resumes)."""
+    attrs = {key: trial.user_attrs[key] for key in ("run_dir",) if key in trial.user_attrs}
+    study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number}, skip_if_exists=False)
 
 
-def trial_table(spec: SweepSpec, records: Sequence[TrialRecord]) -> str:
-    """A Markdown table of every trial: parameters, best metric (and epoch), test metrics, time."""
-    cutoff = "@" + spec.metric.rsplit("@", 1)[-1] if "@" in spec.metric else ""
-    test_names = sorted({name for record in records for name in record.test
-                         if name.endswith(cutoff) and not name.startswith("test/hit")})
-    header = ["trial", *[p.name.rsplit(".", 1)[-1] for p in spec.parameters], f"best {spec.metric}", "epoch",
-              "validations", "status", *test_names, "minutes"]
+def _reclaim_killed(study: optuna.Study) -> None:
+    """Marks running trials of dead processes on this machine failed, and queues them again."""
+    for trial in study.get_trials(False, states=(TrialState.RUNNING,)):
+        pid, host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
+        if host == socket.gethostname() and pid is not None and not _alive(int(pid)):
+            study.tell(trial.number, state=TrialState.FAIL)
+            retry_killed(study, trial)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_outputs(sweep: Sweep, study: optuna.Study, output: Path) -> None:
+    """``trials.md`` (every trial) and ``best_config.yaml`` (the best finished trial's full config)."""
+    trials = study.get_trials(False)
+    maximize = sweep.direction == "maximize"
+    scored = [t for t in trials if t.state in FINISHED and t.user_attrs.get("best_value") is not None]
+    best = (max if maximize else min)(scored, key=lambda t: t.user_attrs["best_value"]) if scored else None
+    cutoff = "@" + sweep.metric.rsplit("@", 1)[-1] if "@" in sweep.metric else ""
+    tests = sorted({k for t in trials for k in t.user_attrs.get("test") or {} if k.endswith(cutoff)
+                    and not k.startswith("test/hit")})
+    header = ["trial", *[name.rsplit(".", 1)[-1] for name in sweep.space], f"best {sweep.metric}", "epoch",
+              "validations", "state", *tests, "minutes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    best = best_record(spec, records)
-    for record in records:
-        value = "" if record.value is None else f"{record.value:.4f}" + (" (best)" if record is best else "")
-        row = [str(record.index), *[_cell(record.params.get(p.name, "")) for p in spec.parameters], value,
-               "" if record.best_epoch is None else str(record.best_epoch), str(len(record.history)),
-               record.status + (f": {record.error}" if record.error else ""),
-               *[f"{record.test[name]:.4f}" if name in record.test else "" for name in test_names],
-               f"{record.seconds / 60:.1f}"]
+    for t in trials:
+        a = t.user_attrs
+        if a.get("surplus"):
+            continue
+        value = "" if a.get("best_value") is None else f"{a['best_value']:.4f}" + (" (best)" if t is best else "")
+        state = t.state.name.lower() + (f" (same as {a['same_as']})" if "same_as" in a else "")
+        row = [str(t.number), *[_cell((a.get("params") or t.params).get(n, "")) for n in sweep.space], value,
+               str(a.get("best_epoch", "")), str(a.get("validations", "")), state,
+               *[f"{a['test'][k]:.4f}" if k in (a.get("test") or {}) else "" for k in tests],
+               f"{a.get('seconds', 0.0) / 60:.1f}"]
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    _write(output / "trials.md", "\n".join(lines) + "\n")
+    if best is not None and Path(best.user_attrs["config"]).is_file():
+        _write(output / "best_config.yaml", f"# best trial {best.number} of sweep {sweep.name}: {sweep.metric} = "
+               f"{best.user_attrs['best_value']:.6f}\n" + Path(best.user_attrs["config"]).read_text())
 
 
 def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def best_record(spec: SweepSpec, records: Sequence[TrialRecord]) -> TrialRecord | None:
-    scored = [record for record in records if record.value is not None]
-    if not scored:
-        return None
-    return (max if spec.maximize else min)(scored, key=lambda record: record.value)
+def _write(path: Path, text: str) -> None:
+    """Replaces ``path`` at once, so concurrent workers never leave half a file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
 
 
-def run_sweep(spec: SweepSpec, count: int, output: Path, workdir: Path, seed: int = 0) -> list[TrialRecord]:
-    """Runs trials until ``count`` are recorded in ``output`` (earlier ones are reused) or a grid ends."""
+def open_study(sweep: Sweep, output: Path, storage_url: str | None) -> optuna.Study:
     output.mkdir(parents=True, exist_ok=True)
-    journal = output / "trials.jsonl"
-    records = load_records(journal)
-    while len(records) < count:
-        index = len(records)
-        params = propose(spec, index, records, seed)
-        if params is None:
-            log.info("grid exhausted after %d trials", index)
+    if storage_url:
+        storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=60, grace_period=180,
+                                             failed_trial_callback=retry_killed)
+    else:
+        from optuna.storages.journal import JournalFileBackend
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(output / "study.journal")))
+    return optuna.create_study(storage=storage, study_name=sweep.name, direction=sweep.direction,
+                               sampler=sweep.sampler(), pruner=sweep.pruner(), load_if_exists=True)
+
+
+def run_sweep(sweep: Sweep, output: Path, workdir: Path, n_trials: int | None, max_trials: int | None,
+              storage_url: str | None = None) -> optuna.Study:
+    """Runs trials in this process until it ran ``n_trials``, the study holds ``max_trials`` finished or
+    running trials, or a grid is exhausted."""
+    study = open_study(sweep, output, storage_url)
+    _reclaim_killed(study)
+    done = 0
+    while n_trials is None or done < n_trials:
+        taken = len(study.get_trials(False, states=(*FINISHED, TrialState.RUNNING)))
+        if max_trials is not None and taken >= max_trials:
             break
-        record = TrialRecord(index=index, params=params, run_dir=str(output / f"trial-{index:03d}"))
-        log.info("trial %d of %d: %s", index + 1, count, params)
-        try:
-            config = run_trial(spec, record, records, workdir)
-        except SweepConfigError:
-            raise
-        except (Exception, SystemExit) as error:  # a trial that crashes is recorded, the sweep goes on
-            record.status, record.error = "failed", f"{type(error).__name__}: {error}".splitlines()[0][:200]
-            log.exception("trial %d failed", index)
-            config = None
-        records.append(record)
-        with journal.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(asdict(record)) + "\n")
-        if config is not None and best_record(spec, records) is record:
-            (output / "best_config.yaml").write_text(
-                f"# best trial {record.index} of sweep {spec.name}: {spec.metric} = {record.value:.6f}\n"
-                + config, encoding="utf-8")
-        (output / "trials.md").write_text(trial_table(spec, records), encoding="utf-8")
-    if best_record(spec, records) is None:
-        raise RuntimeError(f"no trial of {spec.source} produced {spec.metric}; see {output / 'trials.md'}")
-    return records
+        if sweep.method == "grid" and isinstance(study.sampler, optuna.samplers.GridSampler) \
+                and study.sampler.is_exhausted(study):
+            break
+        study.optimize(lambda trial: run_trial(sweep, trial, workdir, output, max_trials), n_trials=1, catch=(TrialError,),
+                       callbacks=[lambda study, _: write_outputs(sweep, study, output)])
+        done += 1
+    return study
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``lit_mmrec sweep SWEEP.yaml [--count N] [--output DIR] [--workdir DIR] [--seed S]``."""
+    """``lit_mmrec sweep SWEEP.yaml [--n-trials N] [--max-trials T] [--output DIR] [--storage URL]``."""
     parser = argparse.ArgumentParser(prog="lit_mmrec sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_file", type=Path, help="a W&B sweep YAML (e.g. sweeps/dasrec_tiktok_bayes.yaml)")
-    parser.add_argument("--count", type=int, default=None,
-                        help="total number of trials (default: the grid's size; required for random/bayes)")
+    parser.add_argument("--n-trials", type=int, default=None, help="trials this process runs (default: no limit)")
+    parser.add_argument("--max-trials", type=int, default=None,
+                        help="stop once the study holds this many finished or running trials, over all workers")
     parser.add_argument("--output", type=Path, default=None,
-                        help="sweep directory (default: $LIT_MMREC_OUTPUT or ~/lit_mmrec_runs, then sweeps/<name>)")
+                        help="sweep folder (default: $LIT_MMREC_OUTPUT or ~/lit_mmrec_runs, then sweeps/<name>)")
+    parser.add_argument("--storage", default=None,
+                        help="Optuna RDB URL shared by workers (default: a journal file in --output)")
     parser.add_argument("--workdir", type=Path, default=Path.cwd(),
-                        help="directory that relative --config paths in the command are resolved against")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random and Bayesian proposals")
+                        help="folder that relative --config paths in the command are resolved against")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the sampler (give each worker its own; default: fresh entropy)")
+    parser.add_argument("--startup-trials", type=int, default=10,
+                        help="random trials before TPE models the results (bayes; Optuna's default)")
     options = parser.parse_args(argv)
     try:
-        spec = SweepSpec.load(options.sweep_file.expanduser().resolve())
-        count = options.count
-        if count is None:
-            if spec.method != "grid":
-                raise SweepConfigError(f"{spec.source}: a {spec.method} sweep needs --count N")
-            count = spec.grid_size()
+        sweep = Sweep.load(options.sweep_file.expanduser().resolve(), seed=options.seed,
+                           startup_trials=options.startup_trials)
+        if sweep.method != "grid" and options.n_trials is None and options.max_trials is None:
+            raise SweepConfigError(f"{sweep.source}: a {sweep.method} sweep needs --n-trials N or --max-trials T")
         root = Path(os.environ.get("LIT_MMREC_OUTPUT", Path.home() / "lit_mmrec_runs"))
-        output = (options.output or root / "sweeps" / spec.name).expanduser().resolve()
-        records = run_sweep(spec, count, output, options.workdir.expanduser().resolve(), options.seed)
+        output = (options.output or root / "sweeps" / sweep.name).expanduser().resolve()
+        study = run_sweep(sweep, output, options.workdir.expanduser().resolve(), options.n_trials,
+                          options.max_trials, options.storage)
     except SweepConfigError as error:
         sys.exit(f"lit_mmrec sweep: {error}")
-    print(trial_table(spec, records))
+    write_outputs(sweep, study, output)
+    print((output / "trials.md").read_text() if (output / "trials.md").is_file() else "no trial finished")
     print(f"best config: {output / 'best_config.yaml'}")

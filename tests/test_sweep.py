@@ -1,138 +1,183 @@
-"""The local sweep: parameter distributions, grid order, hyperband rule, Bayesian proposals, and a
-3-trial sweep of real ``lit_mmrec fit`` runs on tiny synthetic data."""
+"""``lit_mmrec sweep``: the translation of W&B sweep files to Optuna, and real sweeps of ``lit_mmrec fit``
+runs on tiny synthetic data (one worker, two workers on one study, a killed worker, pruning)."""
 
 from __future__ import annotations
 
-import json
+import csv
+import itertools
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-import numpy as np
+import optuna
 import pytest
 import torch
 import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
 
 from lit_mmrec.cli import main
 from lit_mmrec.lightning_cli import build_cli
-from lit_mmrec.sweep import (
-    EarlyTermination,
-    SweepConfigError,
-    SweepSpec,
-    TrialRecord,
-    expected_improvement_proposal,
-    parse_parameter,
-    propose,
-)
+from lit_mmrec.sweep import Sweep, SweepConfigError, open_study, run_sweep
 from tests.conftest import REPO_ROOT, TINY_DATA
 
-
-def spec_from(parameters: dict, method: str = "random", **extra) -> SweepSpec:
-    raw = {"method": method, "metric": {"name": "val/recall@20", "goal": "maximize"},
-           "parameters": parameters, "command": ["lit_mmrec", "fit", "${args}"], **extra}
-    return SweepSpec.from_dict(raw, "test.yaml")
+SWEEPS = sorted((REPO_ROOT / "sweeps").glob("*.yaml"))
+LR = "model.init_args.optimizer.init_args.lr"
 
 
-def test_parameter_values_from_unit_coordinates():
-    choice = parse_parameter("a", {"values": ["w", "x", "y", "z"]}, "f")
-    assert [choice.from_unit(u) for u in (0.0, 0.3, 0.74, 0.99)] == ["w", "x", "y", "z"]
-    assert choice.to_unit("y") == pytest.approx(0.625)  # centre of its quarter
-    weighted = parse_parameter("a", {"values": [1, 2], "probabilities": [0.9, 0.1]}, "f")
-    assert weighted.from_unit(0.89) == 1 and weighted.from_unit(0.91) == 2
-    integer = parse_parameter("n", {"min": 1, "max": 4}, "f")
-    assert integer.distribution == "int_uniform"
-    assert [integer.from_unit(u) for u in (0.0, 0.26, 0.99, 1.0)] == [1, 2, 4, 4]
-    log_values = parse_parameter("lr", {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}, "f")
-    assert log_values.from_unit(0.5) == pytest.approx(1e-3)
-    assert log_values.to_unit(1e-3) == pytest.approx(0.5)
-    exponent = parse_parameter("lr", {"distribution": "log_uniform", "min": -2.0, "max": 0.0}, "f")
-    assert exponent.from_unit(0.5) == pytest.approx(math.exp(-1.0))
-    normal = parse_parameter("x", {"distribution": "normal", "mu": 1.0, "sigma": 2.0}, "f")
-    assert normal.from_unit(0.5) == pytest.approx(1.0)
-    assert normal.from_unit(0.8413447) == pytest.approx(3.0, abs=1e-4)  # Phi(1) -> mu + sigma
-    quantised = parse_parameter("x", {"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25}, "f")
-    assert quantised.from_unit(0.3) == pytest.approx(0.25)
-    assert quantised.grid() == [0.0, 0.25, 0.5, 0.75, 1.0]
-    for parameter, value in ((integer, 3), (log_values, 3e-3), (normal, -0.5)):
-        assert parameter.from_unit(parameter.to_unit(value)) == pytest.approx(value)
+def sweep_of(parameters: dict, method: str = "random", **extra) -> Sweep:
+    return Sweep({"method": method, "metric": {"name": "val/recall@20", "goal": "maximize"},
+                  "parameters": parameters, "command": ["lit_mmrec", "fit", "${args}"], **extra}, "test.yaml")
 
 
-def test_bad_parameters_name_the_field():
-    with pytest.raises(SweepConfigError, match=r"f: parameters\.lr.*min \(1\) must be below max"):
-        parse_parameter("lr", {"min": 1, "max": 1}, "f")
-    with pytest.raises(SweepConfigError, match="beta.*not supported"):
-        parse_parameter("x", {"distribution": "beta", "a": 1, "b": 1}, "f")
+def test_parameters_map_to_optuna_distributions():
+    space = sweep_of({
+        "c": {"value": 3}, "v": {"values": ["x", "y"]}, "i": {"min": 1, "max": 4}, "u": {"min": 0.0, "max": 1.0},
+        "q": {"distribution": "q_uniform", "min": 0, "max": 10, "q": 5},
+        "lu": {"distribution": "log_uniform", "min": -2.0, "max": 0.0},
+        "luv": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+        "qlv": {"distribution": "q_log_uniform_values", "min": 0.001, "max": 1.0, "q": 0.01},
+        "qli": {"distribution": "q_log_uniform_values", "min": 2, "max": 64},
+        "n": {"distribution": "normal", "mu": 1.0, "sigma": 2.0},
+        "ln": {"distribution": "log_normal", "mu": 0.0, "sigma": 1.0},
+    }).space
+    assert space["c"] == (CategoricalDistribution([3]), None)
+    assert space["v"] == (CategoricalDistribution(["x", "y"]), None)
+    assert space["i"] == (IntDistribution(1, 4), None)
+    assert space["u"] == (FloatDistribution(0.0, 1.0), None)
+    assert space["q"] == (IntDistribution(0, 10, step=5), None)
+    distribution, _ = space["lu"]
+    assert distribution.log and distribution.low == pytest.approx(math.exp(-2)) and distribution.high == 1.0
+    assert space["luv"] == (FloatDistribution(1e-4, 1e-2, log=True), None)
+    assert space["qlv"] == (FloatDistribution(0.001, 1.0, log=True), 0.01)  # rounded to q after sampling
+    assert space["qli"] == (IntDistribution(2, 64, log=True), None)
+    assert space["n"] == (FloatDistribution(-5.0, 7.0), None)  # mu +- 3 sigma
+    assert space["ln"][0].low == pytest.approx(math.exp(-3)) and space["ln"][0].high == pytest.approx(math.exp(3))
+
+
+def test_samples_are_the_values_fit_receives():
+    sweep = sweep_of({"qlv": {"distribution": "q_log_uniform_values", "min": 0.001, "max": 1.0, "q": 0.01},
+                      "v": {"values": [1, 2]}})
+    study = optuna.create_study(sampler=sweep.sampler())
+    for _ in range(20):
+        values = sweep.suggest(study.ask())
+        assert values["v"] in (1, 2)
+        assert round(values["qlv"] / 0.01) == pytest.approx(values["qlv"] / 0.01)
+        assert 0.0 <= values["qlv"] <= 1.0
+
+
+def test_the_translation_agrees_with_wandbs_own_optuna_mapping():
+    """W&B's Optuna scheduler maps sweep parameters to Optuna too; where both define a mapping they agree."""
+    wandb_optuna = pytest.importorskip("wandb.sdk.sweeps.scheduler.optuna")
+    specs = [{"values": [1, 2]}, {"value": "a"}, {"min": 1, "max": 9}, {"min": 0.5, "max": 2.5},
+             {"distribution": "q_uniform", "min": 0, "max": 12, "q": 3},
+             {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-1},
+             {"distribution": "q_log_uniform_values", "min": 1, "max": 256}]
+    for source in SWEEPS:
+        specs += yaml.safe_load(source.read_text())["parameters"].values()
+    for spec in specs:
+        ours, _ = sweep_of({"p": spec}).space["p"]
+        assert ours == wandb_optuna.sweep_parameter_to_distribution(spec), spec
+
+
+def test_bad_sweep_files_name_the_field():
+    with pytest.raises(SweepConfigError, match=r"test.yaml: parameters\.lr: min \(1\) must be below max"):
+        sweep_of({"lr": {"min": 1, "max": 1}})
+    with pytest.raises(SweepConfigError, match=r"parameters\.x\.distribution 'beta' has no Optuna counterpart"):
+        sweep_of({"x": {"distribution": "beta", "a": 1, "b": 1}})
+    with pytest.raises(SweepConfigError, match=r"parameters\.x\.probabilities"):
+        sweep_of({"x": {"values": [1, 2], "probabilities": [0.9, 0.1]}})
     with pytest.raises(SweepConfigError, match="grid search needs a finite set"):
-        parse_parameter("x", {"min": 0.0, "max": 1.0}, "f").grid()
-    with pytest.raises(SweepConfigError, match="method must be one of"):
-        spec_from({"a": {"value": 1}}, method="hyperopt")
+        sweep_of({"x": {"min": 0.0, "max": 1.0}}, method="grid").sampler()
+    with pytest.raises(SweepConfigError, match="method must be grid, random or bayes"):
+        sweep_of({"a": {"value": 1}}, method="hyperopt")
+    with pytest.raises(SweepConfigError, match="eta: an integer >= 2"):
+        sweep_of({"a": {"value": 1}}, early_terminate={"type": "hyperband", "min_iter": 2, "eta": 1.5})
     with pytest.raises(SweepConfigError, match=r"must contain \$\{args\}"):
-        SweepSpec.from_dict({"method": "grid", "metric": {"name": "m"}, "parameters": {"a": {"value": 1}},
-                             "command": ["lit_mmrec", "fit"]}, "f")
+        Sweep({"method": "grid", "metric": {"name": "m"}, "parameters": {"a": {"value": 1}},
+               "command": ["lit_mmrec", "fit"]}, "f")
 
 
-def test_grid_enumerates_every_combination_in_file_order():
-    spec = spec_from({"a": {"values": [1, 2]}, "b": {"values": ["x", "y", "z"]}}, method="grid")
-    assert spec.grid_size() == 6
-    proposals = [propose(spec, index, [], seed=0) for index in range(7)]
-    assert proposals[:3] == [{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 1, "b": "z"}]
-    assert proposals[5] == {"a": 2, "b": "z"} and proposals[6] is None
+def test_hyperband_bands_become_the_pruners_resources():
+    pruner = sweep_of({"a": {"value": 1}}, early_terminate={"type": "hyperband", "max_iter": 27, "s": 2,
+                                                            "eta": 3}).pruner()
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (3, 27, 3)
+    pruner = sweep_of({"a": {"value": 1}}, early_terminate={"type": "hyperband", "min_iter": 3, "eta": 2}).pruner()
+    assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (3, "auto", 2)
+    assert isinstance(sweep_of({"a": {"value": 1}}).pruner(), optuna.pruners.NopPruner)
 
 
-def test_random_proposals_depend_only_on_seed_and_index():
-    spec = spec_from({"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1}})
-    first = propose(spec, 3, [], seed=7)
-    assert first == propose(spec, 3, [TrialRecord(0, {"lr": 0.01}, value=0.5)], seed=7)
-    assert first != propose(spec, 4, [], seed=7)
-    assert 1e-4 <= first["lr"] <= 1e-1
+def test_grid_runs_every_combination_once():
+    sweep = sweep_of({"a": {"values": [1, 2]}, "b": {"values": ["x", "y", "z"]}, "n": {"min": 0, "max": 1}},
+                     method="grid")
+    study = optuna.create_study(sampler=sweep.sampler())
+    study.optimize(lambda trial: float(sweep.suggest(trial)["a"]), n_trials=50)
+    seen = [tuple(trial.params[k] for k in ("a", "b", "n")) for trial in study.trials]
+    assert sorted(seen) == sorted(itertools.product([1, 2], ["x", "y", "z"], [0, 1]))
 
 
-def test_hyperband_stops_trials_outside_the_top_fraction():
-    rule = EarlyTermination.from_spec({"type": "hyperband", "min_iter": 2, "eta": 2}, "f")
-    assert rule.bands[:3] == (2, 4, 8)
-    finished = [[0.1, 0.2, 0.3, 0.4], [0.1, 0.3, 0.35, 0.5]]
-    # at band 2 the values are 0.2, 0.3 and the trial's own; the threshold is the int(3 / 2) = 1st best
-    weak, strong = [0.05, 0.1], [0.25, 0.21]
-    assert rule.should_stop(weak, finished + [weak], maximize=True)  # best 0.1 < threshold 0.2
-    assert not rule.should_stop(strong, finished + [strong], maximize=True)  # best 0.25 >= 0.2
-    assert not rule.should_stop([0.0], finished + [[0.0]], maximize=True)  # no band reached yet
-    strict = EarlyTermination.from_spec({"type": "hyperband", "min_iter": 2, "eta": 2, "strict": True}, "f")
-    assert strict.should_stop([0.25, 0.15], finished + [[0.25, 0.15]], maximize=True)  # value at band: 0.15
-    losses = [[1.0, 0.9], [1.0, 0.5]]
-    assert rule.should_stop([1.0, 0.95], losses + [[1.0, 0.95]], maximize=False)
-    max_iter = EarlyTermination.from_spec({"type": "hyperband", "max_iter": 27, "s": 2, "eta": 3}, "f")
-    assert max_iter.bands == (3, 9)
-
-
-def test_bayes_proposes_near_the_optimum_of_a_smooth_objective():
-    observed = np.array([[0.1], [0.4], [0.9], [0.6]])
-    values = -((observed[:, 0] - 0.7) ** 2)
-    proposal = expected_improvement_proposal(observed, values, np.random.default_rng(0))
-    assert 0.6 < proposal[0] < 0.9  # between the two best points, towards the optimum at 0.7
-    spec = spec_from({"x": {"min": 0.0, "max": 1.0}}, method="bayes")
-    records = [TrialRecord(i, {"x": float(x)}, value=float(v)) for i, (x, v) in enumerate(zip(observed[:, 0], values))]
-    assert 0.6 < propose(spec, 4, records, seed=0)["x"] < 0.9
-
-
-def test_bayes_does_not_propose_settings_already_run():
-    # 2 x 2 categorical settings, three run; the GP favours the best one, which must not be repeated
-    spec = spec_from({"a": {"values": [1, 2]}, "b": {"values": ["x", "y"]}}, method="bayes")
-    runs = [({"a": 1, "b": "x"}, 0.1), ({"a": 2, "b": "x"}, 0.9), ({"a": 1, "b": "y"}, 0.2)]
-    records = [TrialRecord(i, params, status="finished", value=v) for i, (params, v) in enumerate(runs)]
-    for index in range(3, 8):
-        assert propose(spec, index, records, seed=index) == {"a": 2, "b": "y"}
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_every_sweep_file_translates_to_a_study(path: Path):
+    raw = yaml.safe_load(path.read_text())
+    sweep = Sweep.load(path, seed=0)
+    sampler = {"grid": optuna.samplers.GridSampler, "random": optuna.samplers.RandomSampler,
+               "bayes": optuna.samplers.TPESampler}[raw["method"]]
+    assert isinstance(sweep.sampler(), sampler)
+    assert isinstance(sweep.pruner(), optuna.pruners.HyperbandPruner) == ("early_terminate" in raw)
+    study = optuna.create_study(direction=sweep.direction, sampler=sweep.sampler(), pruner=sweep.pruner())
+    values = sweep.suggest(study.ask())
+    for name, spec in raw["parameters"].items():
+        if "values" in spec:
+            assert values[name] in spec["values"]
+        else:
+            assert spec["min"] <= values[name] <= spec["max"]
+    arguments = sweep.fit_arguments(values, REPO_ROOT)
+    assert arguments[0] == "fit" and all(f"--{name}=" in " ".join(arguments) for name in values)
 
 
 def test_fit_arguments_resolve_configs_and_expand_args(tmp_path: Path):
-    spec = SweepSpec.from_dict({
-        "method": "grid", "metric": {"name": "val/recall@20", "goal": "maximize"},
-        "parameters": {"model.init_args.embedding_dim": {"values": [8]}, "trainer.callbacks": {"value": None}},
-        "command": ["lit_mmrec", "fit", "--config", "configs/experiment/lightgcn_synthetic.yaml", "${args}"],
-    }, "s.yaml")
-    arguments = spec.fit_arguments({"model.init_args.embedding_dim": 8, "flag": True}, REPO_ROOT)
+    sweep = Sweep({"method": "grid", "metric": {"name": "val/recall@20", "goal": "maximize"},
+                   "parameters": {"model.init_args.embedding_dim": {"values": [8]}},
+                   "command": ["lit_mmrec", "fit", "--config", "configs/experiment/lightgcn_synthetic.yaml",
+                               "${args}"]}, "s.yaml")
+    arguments = sweep.fit_arguments({"model.init_args.embedding_dim": 8, "flag": True}, REPO_ROOT)
     assert arguments == ["fit", "--config", str(REPO_ROOT / "configs/experiment/lightgcn_synthetic.yaml"),
                          "--model.init_args.embedding_dim=8", "--flag=true"]
     with pytest.raises(SweepConfigError, match="not a file under"):
-        spec.fit_arguments({}, tmp_path)
+        sweep.fit_arguments({}, tmp_path)
+
+
+def tiny_sweep(tmp_path: Path, parameters: dict, epochs: int = 3, method: str = "random", **extra) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny", "method": method, "metric": {"name": "val/recall@20", "goal": "maximize"},
+        "parameters": parameters, **extra,
+        "command": ["lit_mmrec", "fit", "--config", "configs/experiment/lightgcn_synthetic.yaml",
+                    f"--trainer.max_epochs={epochs}", "--trainer.enable_progress_bar=false",
+                    f"--data.cache_dir={tmp_path / 'cache'}", *TINY_DATA, "${args}"],
+    }))
+    return path
+
+
+def finished(output: Path, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(output / "study.journal")))
+    return optuna.load_study(study_name=name, storage=storage).get_trials(False)
+
+
+def validation_curve(run: Path) -> dict[int, float]:
+    """Epoch -> val/recall@20 from a run folder's metrics.csv; fails if an epoch is there twice."""
+    with (run / "metrics.csv").open(newline="") as handle:
+        rows = [(int(row["epoch"]), float(row["val/recall@20"])) for row in csv.DictReader(handle)
+                if row.get("val/recall@20")]
+    assert len({epoch for epoch, _ in rows}) == len(rows), rows
+    return dict(rows)
 
 
 def checkpoint_hparams(run_dir: Path) -> dict:
@@ -140,40 +185,108 @@ def checkpoint_hparams(run_dir: Path) -> dict:
     return torch.load(checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]
 
 
-def test_local_sweep_runs_three_trials_and_writes_the_best_config(tmp_path: Path, capsys):
-    sweep_file = tmp_path / "tiny.yaml"
-    sweep_file.write_text(yaml.safe_dump({
-        "name": "tiny", "method": "bayes",
-        "metric": {"name": "val/recall@20", "goal": "maximize"},
-        "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
-        "parameters": {
-            "model.init_args.embedding_dim": {"values": [4, 16]},
-            "model.init_args.reg_weight": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-2},
-        },
-        "command": ["lit_mmrec", "fit", "--config", "configs/experiment/lightgcn_synthetic.yaml",
-                    "--trainer.max_epochs=3", "--trainer.enable_progress_bar=false",
-                    f"--data.cache_dir={tmp_path / 'cache'}", *TINY_DATA, "${args}"],
-    }))
+def test_a_sweep_runs_trials_writes_the_table_and_the_best_config_and_continues(tmp_path: Path, capsys):
+    sweep_file = tiny_sweep(tmp_path, {
+        "model.init_args.embedding_dim": {"values": [4, 16]},
+        "model.init_args.reg_weight": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-2},
+    }, method="bayes", early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2})
     output = tmp_path / "sweep"
-    main(["sweep", str(sweep_file), "--count", "3", "--output", str(output), "--workdir", str(REPO_ROOT)])
-    records = [json.loads(line) for line in (output / "trials.jsonl").read_text().splitlines()]
-    assert [record["index"] for record in records] == [0, 1, 2]
-    for record in records:
-        assert record["status"] in ("finished", "stopped")
-        assert 1 <= len(record["history"]) <= 3 and record["value"] == max(record["history"])
-        assert set(record["test"]) >= {"test/recall@20", "test/ndcg@20", "test/precision@20"}
-        hparams = checkpoint_hparams(Path(record["run_dir"]))  # the sampled parameters reached the model
-        assert hparams["embedding_dim"] == record["params"]["model.init_args.embedding_dim"]
-        assert hparams["reg_weight"] == pytest.approx(record["params"]["model.init_args.reg_weight"])
-    best = max(records, key=lambda record: record["value"])
+    main(["sweep", str(sweep_file), "--max-trials", "3", "--output", str(output), "--workdir", str(REPO_ROOT),
+          "--seed", "0"])
+    trials = finished(output)
+    assert [t.number for t in trials] == [0, 1, 2] and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                                                           for t in trials)
+    for trial in trials:
+        attrs = trial.user_attrs
+        assert 1 <= attrs["validations"] <= 3 and set(attrs["test"]) >= {"test/recall@20", "test/ndcg@20"}
+        hparams = checkpoint_hparams(Path(attrs["run_dir"]))  # the sampled parameters reached the model
+        assert hparams["embedding_dim"] == attrs["params"]["model.init_args.embedding_dim"]
+        assert hparams["reg_weight"] == pytest.approx(attrs["params"]["model.init_args.reg_weight"])
+        curve = validation_curve(Path(attrs["config"]).parent)
+        assert attrs["best_value"] == max(curve.values()) and curve[attrs["best_epoch"]] == attrs["best_value"]
+    best = max(trials, key=lambda t: t.user_attrs["best_value"])
     table = (output / "trials.md").read_text()
-    assert table.count("\n") == 2 + 3 and f"{best['value']:.4f} (best)" in table
+    assert table.count("\n") == 2 + 3 and f"{best.user_attrs['best_value']:.4f} (best)" in table
     assert "best config" in capsys.readouterr().out
     reloaded = build_cli(["fit", "--config", str(output / "best_config.yaml"), "--trainer.max_epochs=1",
                           f"--trainer.default_root_dir={tmp_path / 'rerun'}", "--test_after_fit=false"])
-    assert reloaded.model.hparams["embedding_dim"] == best["params"]["model.init_args.embedding_dim"]
-    assert reloaded.model.hparams["reg_weight"] == pytest.approx(best["params"]["model.init_args.reg_weight"])
-    # a rerun resumes: only the missing trial runs, and the journal keeps the first three unchanged
-    main(["sweep", str(sweep_file), "--count", "4", "--output", str(output), "--workdir", str(REPO_ROOT)])
-    lines = (output / "trials.jsonl").read_text().splitlines()
-    assert len(lines) == 4 and [json.loads(line) for line in lines[:3]] == records
+    assert reloaded.model.hparams["embedding_dim"] == best.user_attrs["params"]["model.init_args.embedding_dim"]
+    # the same command with a larger budget continues the study: one more trial, the first three unchanged
+    main(["sweep", str(sweep_file), "--max-trials", "4", "--output", str(output), "--workdir", str(REPO_ROOT)])
+    again = finished(output)
+    assert len(again) == 4 and [t.datetime_complete for t in again[:3]] == [t.datetime_complete for t in trials]
+
+
+def test_a_random_or_bayes_sweep_without_a_budget_is_refused(tmp_path: Path):
+    sweep_file = tiny_sweep(tmp_path, {"model.init_args.embedding_dim": {"values": [4, 16]}})
+    with pytest.raises(SystemExit, match="needs --n-trials N or --max-trials T"):
+        main(["sweep", str(sweep_file), "--output", str(tmp_path / "out"), "--workdir", str(REPO_ROOT)])
+
+
+def test_the_pruner_stops_a_trial_that_is_clearly_worse(tmp_path: Path):
+    # one Hyperband bracket with a rung after the first validation: of two trials there, only the better goes on
+    sweep_file = tiny_sweep(tmp_path, {LR: {"values": [0.05, 0.0]}}, epochs=3,
+                            early_terminate={"type": "hyperband", "min_iter": 1, "max_iter": 2, "eta": 3})
+    output = tmp_path / "sweep"
+    sweep = Sweep.load(sweep_file)
+    study = open_study(sweep, output, None)
+    study.enqueue_trial({LR: 0.05})
+    study.enqueue_trial({LR: 0.0})  # a learning rate of 0 never leaves the random initial embeddings
+    run_sweep(sweep, output, REPO_ROOT, n_trials=None, max_trials=2)
+    good, bad = finished(output)
+    assert good.state == TrialState.COMPLETE and good.user_attrs["validations"] == 3
+    assert bad.state == TrialState.PRUNED and bad.user_attrs["validations"] == 1
+    assert bad.user_attrs["best_value"] < good.intermediate_values[1]
+    assert "test/recall@20" in bad.user_attrs["test"]  # a pruned trial still tests its best checkpoint
+
+
+def sweep_worker(sweep_file: Path, output: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "lit_mmrec.cli", "sweep", str(sweep_file), "--output", str(output),
+                             "--workdir", str(REPO_ROOT), *extra], env=env, cwd=REPO_ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_without_repeating_a_trial(tmp_path: Path):
+    sweep_file = tiny_sweep(tmp_path, {LR: {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-1}},
+                            epochs=2)
+    output = tmp_path / "sweep"
+    workers = [sweep_worker(sweep_file, output, "--max-trials", "5") for _ in range(2)]
+    for worker in workers:
+        _, errors = worker.communicate(timeout=600)
+        assert worker.returncode == 0, errors[-2000:]
+    trials = [t for t in finished(output) if t.state == TrialState.COMPLETE]
+    assert len(trials) == 5
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers took trials
+    assert len({t.params[LR] for t in trials}) == 5 and len({t.user_attrs["run_dir"] for t in trials}) == 5
+    assert (output / "trials.md").read_text().count("complete") == 5
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_without_redoing_finished_trials(tmp_path: Path):
+    sweep_file = tiny_sweep(tmp_path, {LR: {"values": [0.01, 0.02, 0.03]}}, epochs=8, method="grid")
+    output = tmp_path / "sweep"
+    worker = sweep_worker(sweep_file, output, "--seed", "0")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and worker.poll() is None:  # kill it inside its second trial
+        started = [t for t in finished(output) if t.state == TrialState.RUNNING and t.number == 1] \
+            if (output / "study.journal").exists() else []
+        if started and list(Path(started[0].user_attrs["run_dir"]).rglob("last.ckpt")):
+            os.killpg(worker.pid, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    worker.wait(timeout=60)
+    assert worker.returncode == -signal.SIGKILL, "the worker ended before it could be killed mid-trial"
+    first = finished(output)[0]
+    assert first.state == TrialState.COMPLETE
+    main(["sweep", str(sweep_file), "--output", str(output), "--workdir", str(REPO_ROOT), "--seed", "0"])
+    trials = finished(output)
+    assert trials[0].datetime_complete == first.datetime_complete  # not redone
+    assert trials[1].state == TrialState.FAIL
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == 1)
+    assert retry.state == TrialState.COMPLETE and retry.params == trials[1].params
+    assert retry.user_attrs["run_dir"] == trials[1].user_attrs["run_dir"]  # continued from its last checkpoint
+    assert min(retry.intermediate_values) > 1  # it started after the killed run's checkpointed epochs
+    assert sorted(validation_curve(Path(retry.user_attrs["config"]).parent)) == list(range(8))
+    assert sorted(t.params[LR] for t in trials if t.state == TrialState.COMPLETE) == [0.01, 0.02, 0.03]

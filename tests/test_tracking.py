@@ -158,10 +158,10 @@ def test_disabled_run_still_writes_csv(no_wandb_credentials, monkeypatch, tmp_pa
 
 
 def sweep_schema() -> dict:
-    """W&B's own sweep-config JSON schema, from its ``sweeps`` package (installed with --no-deps)."""
+    """W&B's own sweep-config JSON schema, from its ``sweeps`` package (the ``dev`` extra installs it)."""
     spec = importlib.util.find_spec("sweeps")
     if spec is None or spec.origin is None:
-        pytest.fail("W&B's `sweeps` package is missing: `pip install --no-deps sweeps` (see README)")
+        pytest.fail("W&B's `sweeps` package is missing: `pip install -e \".[dev]\"` installs it")
     return json.loads((Path(spec.origin).parent / "config" / "schema.json").read_text())
 
 
