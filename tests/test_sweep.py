@@ -4,7 +4,9 @@ runs on tiny synthetic data (one worker, two workers on one study, a killed work
 from __future__ import annotations
 
 import csv
+import io
 import itertools
+import json
 import math
 import os
 import signal
@@ -85,11 +87,11 @@ def test_the_translation_agrees_with_wandbs_own_optuna_mapping():
 
 
 def test_bad_sweep_files_name_the_field():
-    with pytest.raises(SweepConfigError, match=r"test.yaml: parameters\.lr: min \(1\) must be below max"):
+    with pytest.raises(SweepConfigError, match=r"test.yaml: parameters\.lr: distribution 'int_uniform' needs min below"):
         sweep_of({"lr": {"min": 1, "max": 1}})
-    with pytest.raises(SweepConfigError, match=r"parameters\.x\.distribution 'beta' has no Optuna counterpart"):
+    with pytest.raises(SweepConfigError, match=r"parameters\.x: distribution 'beta' has no Optuna counterpart"):
         sweep_of({"x": {"distribution": "beta", "a": 1, "b": 1}})
-    with pytest.raises(SweepConfigError, match=r"parameters\.x\.probabilities"):
+    with pytest.raises(SweepConfigError, match=r"parameters\.x: probabilities has no Optuna counterpart"):
         sweep_of({"x": {"values": [1, 2], "probabilities": [0.9, 0.1]}})
     with pytest.raises(SweepConfigError, match="grid search needs a finite set"):
         sweep_of({"x": {"min": 0.0, "max": 1.0}}, method="grid").sampler()
@@ -164,10 +166,11 @@ def tiny_sweep(tmp_path: Path, parameters: dict, epochs: int = 3, method: str = 
     return path
 
 
-def finished(output: Path, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+def finished(output: Path, name: str = "tiny", storage: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    """Every trial of the sweep's study, from its journal in ``output`` or from the RDB ``storage``."""
     from optuna.storages.journal import JournalFileBackend
 
-    storage = optuna.storages.JournalStorage(JournalFileBackend(str(output / "study.journal")))
+    storage = storage or optuna.storages.JournalStorage(JournalFileBackend(str(output / "study.journal")))
     return optuna.load_study(study_name=name, storage=storage).get_trials(False)
 
 
@@ -248,15 +251,17 @@ def sweep_worker(sweep_file: Path, output: Path, *extra: str) -> subprocess.Pope
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_study_without_repeating_a_trial(tmp_path: Path):
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_two_workers_share_one_study_without_repeating_a_trial(tmp_path: Path, storage: str):
     sweep_file = tiny_sweep(tmp_path, {LR: {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-1}},
                             epochs=2)
-    output = tmp_path / "sweep"
-    workers = [sweep_worker(sweep_file, output, "--max-trials", "5") for _ in range(2)]
+    output, url = tmp_path / "sweep", f"sqlite:///{tmp_path / 'study.db'}"
+    extra = ["--storage", url] if storage == "sqlite" else []
+    workers = [sweep_worker(sweep_file, output, "--max-trials", "5", *extra) for _ in range(2)]
     for worker in workers:
         _, errors = worker.communicate(timeout=600)
         assert worker.returncode == 0, errors[-2000:]
-    trials = [t for t in finished(output) if t.state == TrialState.COMPLETE]
+    trials = [t for t in finished(output, storage=url if extra else None) if t.state == TrialState.COMPLETE]
     assert len(trials) == 5
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers took trials
     assert len({t.params[LR] for t in trials}) == 5 and len({t.user_attrs["run_dir"] for t in trials}) == 5
@@ -290,3 +295,20 @@ def test_a_killed_sweep_resumes_without_redoing_finished_trials(tmp_path: Path):
     assert min(retry.intermediate_values) > 1  # it started after the killed run's checkpointed epochs
     assert sorted(validation_curve(Path(retry.user_attrs["config"]).parent)) == list(range(8))
     assert sorted(t.params[LR] for t in trials if t.state == TrialState.COMPLETE) == [0.01, 0.02, 0.03]
+
+
+def test_optuna_dashboard_serves_the_sweeps_study(tmp_path: Path):
+    """``optuna-dashboard <output>/study.journal`` (README, Sweeps) reads the study a sweep writes."""
+    dashboard = pytest.importorskip("optuna_dashboard")
+    from optuna.storages.journal import JournalFileBackend
+
+    sweep_file = tiny_sweep(tmp_path, {LR: {"values": [0.01]}}, epochs=1)
+    main(["sweep", str(sweep_file), "--max-trials", "1", "--output", str(tmp_path / "sweep"),
+          "--workdir", str(REPO_ROOT)])
+    app = dashboard.wsgi(optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "sweep" / "study.journal"))))
+    statuses: list[str] = []
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies", "SERVER_NAME": "localhost",
+               "SERVER_PORT": "80", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO()}
+    body = b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    assert statuses == ["200 OK"]
+    assert [study["study_name"] for study in json.loads(body)["study_summaries"]] == ["tiny"]
