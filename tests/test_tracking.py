@@ -133,8 +133,8 @@ def test_offline_run_records_metrics_and_config(no_wandb_credentials, tmp_path):
     history, config = read_offline_run(run_dir)
     assert config["model"]["class_path"] == "lit_mmrec.models.LightGCN"
     assert config["trainer"]["max_epochs"] == 2
-    for key in ("train/bpr_loss", "train/reg_loss", "train/epoch_seconds", "train/lr", "val/recall@20",
-                "val/ndcg@20", "val/recall@20_best", "val/best_epoch", "test/recall@20", "test/ndcg@20"):
+    for key in ("train/bpr_loss", "train/reg_loss", "train/epoch_seconds", "train/lr", "train/peak_memory_mb",
+                "val/recall@20", "val/ndcg@20", "val/recall@20_best", "val/best_epoch", "test/recall@20", "test/ndcg@20"):
         assert key in history, key
     assert len(history["val/recall@20"]) == 2  # one value per epoch: a curve in W&B
     assert history["test/recall@20"][-1] == pytest.approx(float(cli.trainer.logged_metrics["test/recall@20"]))

@@ -218,8 +218,19 @@ class RandomStateCheckpoint(Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """The peak memory so far, in MiB: allocated tensor memory on a CUDA device, else this process's peak
+    resident set size (which includes everything the process ran before)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 class TrainingTelemetry(Callback):
-    """Logs each epoch's wall-clock time (``train/epoch_seconds``) and learning rate (``train/lr``).
+    """Logs each epoch's wall-clock time (``train/epoch_seconds``), learning rate (``train/lr``) and peak
+    memory so far (``train/peak_memory_mb``, :func:`peak_memory_mb`).
 
     A run resumed from a checkpoint written after an epoch's last batch re-enters that epoch at its end
     without starting it; no time is logged for it then.
@@ -237,6 +248,7 @@ class TrainingTelemetry(Callback):
             self._start = None
         if trainer.optimizers:
             pl_module.log("train/lr", float(trainer.optimizers[0].param_groups[0]["lr"]), sync_dist=True)
+        pl_module.log("train/peak_memory_mb", peak_memory_mb(pl_module.device), reduce_fx="max", sync_dist=True)
 
 
 class TopKPredictionWriter(BasePredictionWriter):
