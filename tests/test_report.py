@@ -115,3 +115,19 @@ def test_report_trains_collects_and_compares_against_the_reference(tmp_path: Pat
     main(["report", "--study", str(study_file), "--output", str(output)])
     assert "report: training" not in capsys.readouterr().out
     assert stamps == {key: (run / "metrics.csv").stat().st_mtime_ns for key, run in runs.items()}
+
+
+STUDIES = sorted((REPO_ROOT / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.name for p in STUDIES])
+def test_committed_study_files_load_and_their_configs_compose(path: Path, capsys, monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("LIT_MMREC_DATA", str(tmp_path))  # the data is not read; its path must resolve
+    study = Study.load(path)
+    assert study.reference in [model.label for model in study.models] and len(study.seeds) >= 3
+    for model in study.models:
+        arguments = [a for config in model.configs for a in ("--config", str(config))]
+        with pytest.raises(SystemExit) as ended:  # --print_config parses the composition, then exits
+            main(["fit", *arguments, *model.args, "--print_config"])
+        assert ended.value.code in (0, None), model.label
+        assert "class_path: lit_mmrec.models." in capsys.readouterr().out
