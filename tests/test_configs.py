@@ -109,14 +109,15 @@ def _class_defaults(class_path: str) -> dict:
 @pytest.mark.parametrize("path", sorted((CONFIGS / "experiment").glob("*.yaml")) + sorted((CONFIGS / "model").glob("*.yaml")),
                          ids=lambda path: f"{path.parent.name}/{path.stem}")
 def test_configs_state_only_what_differs_from_the_class_defaults(path: Path):
-    """One home for each default: the class's signature. Model files name the class (and the optimizer,
-    which sweeps tune); experiment files state only the values they change."""
+    """One home for each default: the class's signature. Model files name the class (and the optimizer, which
+    sweeps tune, and its schedule); experiment files state only the values they change."""
     model = yaml.safe_load(path.read_text())["model"] if path.parent.name == "experiment" else yaml.safe_load(path.read_text())
     if not isinstance(model, dict):
         return  # composes configs/model/<name>.yaml
     defaults = _class_defaults(model["class_path"])
     restated = {key: value for key, value in (model.get("init_args") or {}).items()
-                if key != "optimizer" and key in defaults and defaults[key] == value}
+                if key not in ("optimizer", "scheduler") and key in defaults and defaults[key] == value}
     assert not restated, f"{path.name} restates the class defaults {restated}"
     if path.parent.name == "model":
-        assert set(model.get("init_args") or {}) <= {"optimizer"}, f"{path.name} sets more than the optimizer"
+        assert set(model.get("init_args") or {}) <= {"optimizer", "scheduler"}, \
+            f"{path.name} sets more than the optimizer and its schedule"

@@ -1,4 +1,4 @@
-"""Recommender LightningModules: the shared base, the baselines (DiffMM among them), DiffCL and DASRec."""
+"""Recommender LightningModules: the shared base, the baselines (MGCN and DiffMM among them), DiffCL and DASRec."""
 
 from lit_mmrec.models.base import RecommenderModule
 from lit_mmrec.models.bpr import BPRMF
@@ -7,6 +7,7 @@ from lit_mmrec.models.diffcl import DiffCL
 from lit_mmrec.models.diffmm import DiffMM
 from lit_mmrec.models.freedom import FREEDOM
 from lit_mmrec.models.lightgcn import LightGCN
+from lit_mmrec.models.mgcn import MGCN
 from lit_mmrec.models.vbpr import VBPR
 
-__all__ = ["BPRMF", "DASRec", "FREEDOM", "DiffCL", "DiffMM", "LightGCN", "RecommenderModule", "VBPR"]
+__all__ = ["BPRMF", "DASRec", "FREEDOM", "DiffCL", "DiffMM", "LightGCN", "MGCN", "RecommenderModule", "VBPR"]
