@@ -29,6 +29,7 @@ from lit_mmrec.models.components.diffusion import (
 from lit_mmrec.models.components.precision import ProductPrecision, compute_dtype, warn_if_emulated
 
 UserModalityInput = Literal["aggregate", "learned", "id"]
+ViewGenerator = Literal["denoised", "perturbed"]
 
 
 class DiffCL(RecommenderModule):
@@ -96,6 +97,11 @@ class DiffCL(RecommenderModule):
           scale within an epoch and the model overfits early (best validation Recall@20 0.086 at
           epoch 5, against 0.098 with the fixed target); ``false`` gives the symmetric loss.
         * Diffusion views use E_m before the item-item enhancement (the paper's section order).
+        * ``view_generator``: ``denoised`` (the paper: forward noising to ``view_step``, then the learnt
+          reverse process) or ``perturbed``, the control without the denoiser: the views are the noised
+          ``x_{view_step}`` themselves, the same forward noising (plain Gaussian perturbation). Each epoch
+          logs ``train/view_cosine`` (mean cosine between a row's two views) and ``train/view_input_cosine``
+          (between a view and the row it came from), so what the views change is visible.
         * ``normalise_item_features``: L2-normalise each item's projected features (DiffMM's
           ``F.normalize(Trans(f))``). Off by default (MMRec's models project raw features); needed when
           raw features are large and uncentred, as TikTok's image features are (row norms ~33), which
@@ -133,6 +139,7 @@ class DiffCL(RecommenderModule):
         sampling_noise: add the posterior noise in the views' reverse process (DiffMM's option).
         diffusion_weight: weight of the denoiser's own x0 objective.
         views_train_denoiser: let L_cl's gradient reach the denoiser's parameters.
+        view_generator: how the contrastive views are made, ``denoised`` (the paper) or ``perturbed``.
         normalise_item_features: L2-normalise each item's projected features.
         align_to_fixed_id: take the ID statistics in L_align as a fixed target (no gradient into IDs).
     """
@@ -169,6 +176,7 @@ class DiffCL(RecommenderModule):
         sampling_noise: bool = False,
         diffusion_weight: float = 1.0,
         views_train_denoiser: bool = True,
+        view_generator: ViewGenerator = "denoised",
         normalise_item_features: bool = False,
         align_to_fixed_id: bool = True,
         **kwargs,
@@ -184,6 +192,10 @@ class DiffCL(RecommenderModule):
         self.item_item_layers = item_item_layers
         self.lambda_cl, self.lambda_align, self.lambda_e, self.tau = lambda_cl, lambda_align, lambda_e, tau
         self.view_step = diffusion_steps if view_step is None else view_step
+        if view_generator not in ("denoised", "perturbed"):
+            raise ValueError(f"view_generator must be 'denoised' or 'perturbed', got {view_generator!r}")
+        self.view_generator = view_generator
+        self._view_cosines: dict[str, list[torch.Tensor]] = {}
         if not 1 <= self.view_step <= diffusion_steps:
             raise ValueError(f"view_step must be in 1..diffusion_steps ({diffusion_steps}), got {view_step}")
         self.sampling_noise = sampling_noise
@@ -215,6 +227,17 @@ class DiffCL(RecommenderModule):
         })
 
     # ---- graphs derived once per setup ----
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._view_cosines = {}
+
+    def on_train_epoch_end(self) -> None:
+        """Also logs the epoch's mean view cosines (``view_generator`` in the class docstring)."""
+        super().on_train_epoch_end()
+        if self._view_cosines:
+            self.log_dict({f"train/{name}": torch.stack(values).mean() for name, values in self._view_cosines.items()},
+                          sync_dist=True)
+
     def on_graphs_ready(self) -> None:
         device = self.graphs.norm_adjacency.device
         warn_if_emulated(self.denoiser_precision, device)
@@ -325,6 +348,8 @@ class DiffCL(RecommenderModule):
         """One noise-then-denoise pass: x0 -> x_{view_step} -> reverse process -> view (eq 10-12)."""
         t = torch.full((x0.shape[0],), self.view_step, dtype=torch.long, device=x0.device)
         x_t = self.diffusion.q_sample(x0, t)
+        if self.view_generator == "perturbed":
+            return x_t
         denoiser = self.denoisers[modality]
         if not self.views_train_denoiser:
             denoiser = partial(denoiser, frozen=True)  # L_cl reaches the encoder through the views, not the denoiser
@@ -344,6 +369,10 @@ class DiffCL(RecommenderModule):
         for modality in self.modalities:
             # both views in one pass: independent noise and dropout per row, half the operator calls
             view_a, view_b = self.diffusion_view(modality, x0[modality].repeat(2, 1)).chunk(2)
+            with torch.no_grad():
+                self._view_cosines.setdefault("view_cosine", []).append(F.cosine_similarity(view_a, view_b).mean())
+                self._view_cosines.setdefault("view_input_cosine", []).append(
+                    F.cosine_similarity(view_a, x0[modality]).mean())
             total = total + info_nce(view_a[:n_users], view_b[:n_users], self.tau, self.contrastive_precision) \
                 + info_nce(view_a[n_users:], view_b[n_users:], self.tau, self.contrastive_precision)
         return total

@@ -131,6 +131,35 @@ def test_diffusion_views_are_two_different_denoised_samples(tiny_datamodule):
     assert a.shape == x0.shape and not torch.allclose(a, b)
 
 
+def test_perturbed_views_are_the_forward_noising_without_the_denoiser(tiny_datamodule):
+    """``view_generator: perturbed`` (the control for the denoiser): x_T = sqrt(gamma_bar_T) x0 + sqrt(1 -
+    gamma_bar_T) eps with the denoised views' noise draw, and no denoiser product."""
+    denoised = build(tiny_datamodule, denoiser_dropout=0.0, noise_scale=0.5)
+    perturbed = build(tiny_datamodule, denoiser_dropout=0.0, noise_scale=0.5, view_generator="perturbed")
+    x0 = torch.randn(10, 8)
+    torch.manual_seed(3)
+    view = perturbed.diffusion_view("image", x0)
+    torch.manual_seed(3)
+    eps = torch.randn_like(x0)
+    noise_bar = perturbed.diffusion.noise_bar[perturbed.view_step - 1]  # 1 - gamma_bar_T (steps 1..T)
+    torch.testing.assert_close(view, (1 - noise_bar).sqrt() * x0 + noise_bar.sqrt() * eps)
+    torch.manual_seed(3)
+    assert not torch.allclose(denoised.diffusion_view("image", x0), view)  # the denoiser changes the views
+    with pytest.raises(ValueError, match="view_generator"):
+        build(tiny_datamodule, view_generator="gaussian")
+
+
+def test_each_epoch_logs_how_far_the_views_are_from_each_other_and_their_input(tiny_datamodule, tmp_path):
+    model = build(tiny_datamodule, view_generator="perturbed", noise_scale=1.0)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=tiny_datamodule)
+    between, to_input = (float(trainer.callback_metrics[f"train/{k}"]) for k in ("view_cosine", "view_input_cosine"))
+    assert 0.0 < between < 1.0 and 0.0 < to_input < 1.0  # noise at scale 1 moves the views visibly
+    assert to_input > between  # each view keeps more of its input than of the other view's noise
+
+
 def test_views_without_denoiser_training_pass_gradients_to_the_encoder_only(tiny_datamodule):
     trained = build(tiny_datamodule, denoiser_dropout=0.0)
     frozen = build(tiny_datamodule, denoiser_dropout=0.0, views_train_denoiser=False)
