@@ -1,6 +1,7 @@
-"""Recommender LightningModules: the shared base, the baselines (MGCN and DiffMM among them), DiffCL and DASRec."""
+"""Recommender LightningModules: the shared base, the baselines (MGCN, BM3 and DiffMM among them), DiffCL and DASRec."""
 
 from lit_mmrec.models.base import RecommenderModule
+from lit_mmrec.models.bm3 import BM3
 from lit_mmrec.models.bpr import BPRMF
 from lit_mmrec.models.dasrec import DASRec
 from lit_mmrec.models.diffcl import DiffCL
@@ -10,4 +11,4 @@ from lit_mmrec.models.lightgcn import LightGCN
 from lit_mmrec.models.mgcn import MGCN
 from lit_mmrec.models.vbpr import VBPR
 
-__all__ = ["BPRMF", "DASRec", "FREEDOM", "DiffCL", "DiffMM", "LightGCN", "MGCN", "RecommenderModule", "VBPR"]
+__all__ = ["BM3", "BPRMF", "DASRec", "FREEDOM", "DiffCL", "DiffMM", "LightGCN", "MGCN", "RecommenderModule", "VBPR"]
