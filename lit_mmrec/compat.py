@@ -91,3 +91,19 @@ def wandb_logger_defaults(logger: Any, name: str, save_dir: str) -> None:
         init["dir"] = save_dir
         if hasattr(logger, "_save_dir"):
             logger._save_dir = save_dir
+
+
+def wandb_logger_resume(logger: Any, run_id: str) -> None:
+    """Before a ``WandbLogger``'s run starts: continue the W&B run ``run_id`` (``id`` and ``resume="allow"``)
+    unless the logger was configured with an id of its own. Fallback: as :func:`wandb_logger_defaults`, a
+    warning, and the resumed training logs to a new W&B run."""
+    init = getattr(logger, "_wandb_init", None)
+    if not isinstance(init, dict):
+        log.warning("this Lightning's WandbLogger keeps its settings elsewhere; the resumed run logs to a new "
+                    "W&B run")
+        return
+    if not init.get("id"):
+        init["id"] = run_id
+        init["resume"] = "allow"
+        if hasattr(logger, "_id"):
+            logger._id = run_id

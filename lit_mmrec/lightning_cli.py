@@ -47,8 +47,8 @@ class RecommenderCLI(LightningCLI):
     * each run has one folder (``<default_root_dir>/lightning_logs/version_N``) with its ``config.yaml``,
       ``metrics.csv``, ``checkpoints/`` and, with the W&B logger, ``wandb/`` (the run is named
       ``<model>-<dataset>`` unless configured); ``fit --ckpt_path <run>/checkpoints/last.ckpt`` continues
-      that folder, its best checkpoint and score, early stopping's patience and the random state, so the
-      resumed run ends as the uninterrupted one would have; ``predict`` writes only its predictions.
+      that folder, its best checkpoint and score, early stopping's patience, the random state and its W&B
+      run, so the resumed run ends as the uninterrupted one would have; ``predict`` writes only its predictions.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -115,6 +115,8 @@ class RecommenderCLI(LightningCLI):
         for logger in others:
             if isinstance(logger, TrackedWandbLogger):
                 logger.set_defaults(f"{type(self.model).__name__}-{self.datamodule.name}", csv_logger.log_dir)
+                if resumed is not None:
+                    logger.continue_run(resumed[0])
                 logger.log_config(self.config[self.subcommand].clone().as_dict())
 
     before_fit = before_test = before_validate = before_predict = _prepare_loggers

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import netrc
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from lit_mmrec.compat import wandb_logger_defaults
+from lit_mmrec.compat import wandb_logger_defaults, wandb_logger_resume
 
 WandbMode = Literal["auto", "online", "offline", "disabled"]
 
@@ -87,6 +88,19 @@ class TrackedWandbLogger(WandbLogger):
             return
         os.makedirs(save_dir, exist_ok=True)
         wandb_logger_defaults(self, name, save_dir)
+
+    def continue_run(self, run_folder: Path) -> str | None:
+        """Before the run starts, for a fit resumed in ``run_folder``: continue the W&B run its earlier part
+        wrote under ``run_folder/wandb`` (the newest ``run-*`` or ``offline-run-*``); returns its id."""
+        if self._experiment is not None:
+            return None
+        earlier = sorted(match.groups() for match in (re.search(r"run-(\d{8}_\d{6})-([A-Za-z0-9]+)$", path.name)
+                                                      for path in (run_folder / "wandb").glob("*run-*")) if match)
+        if not earlier:
+            return None
+        run_id = earlier[-1][1]  # the newest by its start time
+        wandb_logger_resume(self, run_id)
+        return run_id
 
     def log_config(self, config: dict[str, Any]) -> None:
         """Record the resolved run configuration and make ``val/*`` summaries keep their maximum."""

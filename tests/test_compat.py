@@ -67,3 +67,15 @@ def test_wandb_defaults_keep_configured_values_and_fall_back_with_a_warning(capl
     with caplog.at_level("WARNING", logger="lit_mmrec.compat"):
         compat.wandb_logger_defaults(SimpleNamespace(), "LightGCN-x", "/runs/a")
     assert "default name and folder" in caplog.text
+
+
+def test_wandb_logger_resume_sets_the_run_id_unless_configured(caplog):
+    logger = SimpleNamespace(_wandb_init={"name": "x"}, _id=None)
+    compat.wandb_logger_resume(logger, "abc123")
+    assert logger._wandb_init == {"name": "x", "id": "abc123", "resume": "allow"} and logger._id == "abc123"
+    configured = SimpleNamespace(_wandb_init={"id": "mine"})
+    compat.wandb_logger_resume(configured, "abc123")
+    assert configured._wandb_init == {"id": "mine"}
+    with caplog.at_level("WARNING", logger="lit_mmrec.compat"):
+        compat.wandb_logger_resume(SimpleNamespace(), "abc123")
+    assert "new W&B run" in caplog.text

@@ -149,6 +149,21 @@ def test_offline_run_records_metrics_and_config(no_wandb_credentials, tmp_path):
     assert "val/recall@20" in (run_folder / "metrics.csv").read_text().splitlines()[0]
 
 
+def test_a_resumed_fit_continues_its_wandb_run(no_wandb_credentials, tmp_path):
+    """``fit --ckpt_path <run>/checkpoints/last.ckpt`` logs to the W&B run of the run's first part: the same
+    run id, with the later epochs' history."""
+    first = run_cli("fit", *wandb_args(tmp_path), "--test_after_fit", "false")
+    run_folder = Path(first.trainer.log_dir)
+    resumed = run_cli("fit", *wandb_args(tmp_path, "--trainer.max_epochs", "4"), "--ckpt_path",
+                      str(run_folder / "checkpoints" / "last.ckpt"))
+    runs = sorted((run_folder / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({run.name.rsplit("-", 1)[-1] for run in runs}) == 1  # one W&B run id
+    logger = next(lg for lg in resumed.trainer.loggers if isinstance(lg, TrackedWandbLogger))
+    assert logger.experiment.id == runs[0].name.rsplit("-", 1)[-1]
+    history, _ = read_offline_run(runs[-1])
+    assert len(history["val/recall@20"]) == 2 and "test/recall@20" in history  # epochs 2-3, then the test
+
+
 def test_disabled_run_still_writes_csv(no_wandb_credentials, monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     cli = run_cli("fit", *wandb_args(tmp_path), "--test_after_fit", "false")
