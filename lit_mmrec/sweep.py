@@ -35,6 +35,7 @@ import csv
 import json
 import math
 import os
+import random
 import socket
 import sys
 import time
@@ -329,8 +330,17 @@ def open_study(sweep: Sweep, output: Path, storage_url: str | None) -> optuna.St
     """The sweep's study in ``storage_url`` or in ``<output>/study.journal``, created on first use."""
     output.mkdir(parents=True, exist_ok=True)
     if storage_url:
-        storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=60, grace_period=180,
-                                             failed_trial_callback=retry_killed)
+        from sqlalchemy.exc import SQLAlchemyError
+
+        for attempt in range(5):  # workers started together race to create the database's tables
+            try:
+                storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=60, grace_period=180,
+                                                     failed_trial_callback=retry_killed)
+                break
+            except SQLAlchemyError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 + random.random() * 2 ** attempt)
     else:
         from optuna.storages.journal import JournalFileBackend
         storage = optuna.storages.JournalStorage(JournalFileBackend(str(output / "study.journal")))

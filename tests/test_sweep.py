@@ -312,3 +312,22 @@ def test_optuna_dashboard_serves_the_sweeps_study(tmp_path: Path):
     body = b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
     assert statuses == ["200 OK"]
     assert [study["study_name"] for study in json.loads(body)["study_summaries"]] == ["tiny"]
+
+
+def test_workers_racing_to_create_the_database_retry(tmp_path: Path, monkeypatch):
+    """Workers started together can both try to create an RDB's tables; the loser retries and joins."""
+    from sqlalchemy.exc import IntegrityError
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr("lit_mmrec.sweep.random.random", lambda: 0.0)
+    sweep = Sweep.load(tiny_sweep(tmp_path, {LR: {"values": [0.01]}}))
+    study = open_study(sweep, tmp_path / "out", f"sqlite:///{tmp_path / 'study.db'}")
+    assert len(calls) == 2 and study.study_name == "tiny"
