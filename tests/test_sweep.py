@@ -318,15 +318,16 @@ def test_workers_racing_to_create_the_database_retry(tmp_path: Path, monkeypatch
     """Workers started together can both try to create an RDB's tables; the loser retries and joins."""
     from sqlalchemy.exc import IntegrityError
 
-    real, calls = optuna.storages.RDBStorage, []
+    calls = []
 
-    def racing(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
-        return real(*args, **kwargs)
+    class Racing(optuna.storages.RDBStorage):
+        def __init__(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+            super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Racing)
     monkeypatch.setattr("lit_mmrec.sweep.random.random", lambda: 0.0)
     sweep = Sweep.load(tiny_sweep(tmp_path, {LR: {"values": [0.01]}}))
     study = open_study(sweep, tmp_path / "out", f"sqlite:///{tmp_path / 'study.db'}")
