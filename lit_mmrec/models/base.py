@@ -120,6 +120,29 @@ class RecommenderModule(L.LightningModule):
     def on_graphs_ready(self) -> None:
         """Hook for subclasses that derive tensors from ``self.graphs`` once per setup."""
 
+    # ---- raw item features as trainable tables (MMRec loads them as unfrozen embeddings) ----
+    def init_feature_tables(self, finetune: bool) -> None:
+        """With ``finetune``, the raw item features become trainable tables ``features[m]`` [n_items, d_m]
+        (part of the checkpoints), filled from the data at the first setup by :meth:`fill_feature_tables`;
+        without it :meth:`feature_table` reads the data's fixed features."""
+        self.finetune_features = finetune
+        if finetune:
+            self.features = torch.nn.ParameterDict({m: torch.nn.Parameter(torch.zeros(self.n_items, d))
+                                                    for m, d in self.feature_dims.items()})
+            self.register_buffer("features_filled", torch.tensor(False))
+
+    def fill_feature_tables(self) -> None:
+        """Copies the data's features into the trainable tables, once: restored weights hold fine-tuned ones."""
+        if self.finetune_features and not bool(self.features_filled):
+            with torch.no_grad():
+                for m, table in self.features.items():
+                    table.copy_(self.graphs.features[m])
+                self.features_filled.fill_(True)
+
+    def feature_table(self, modality: str) -> torch.Tensor:
+        """Modality ``modality``'s item features [n_items, d_m]: the trainable table, or the data's fixed ones."""
+        return self.features[modality] if self.finetune_features else self.graphs.features[modality]
+
     # ---- model ----
     @abstractmethod
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,23 +67,15 @@ class BM3(RecommenderModule):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.modalities = list(self.feature_dims)
         self.n_layers, self.dropout, self.cl_weight = n_layers, dropout, cl_weight
-        self.finetune_features = finetune_features
         self.embedding = user_item_table(n_users, n_items, embedding_dim)  # users first, then items
         self.predictor = nn.Linear(embedding_dim, embedding_dim)
         self.projections = nn.ModuleDict({m: nn.Linear(d, embedding_dim) for m, d in self.feature_dims.items()})
         for layer in (self.predictor, *self.projections.values()):
             nn.init.xavier_normal_(layer.weight)
-        if finetune_features:  # the raw features as trainable tables, filled from the data at the first setup
-            self.features = nn.ParameterDict({m: nn.Parameter(torch.zeros(n_items, d))
-                                              for m, d in self.feature_dims.items()})
-            self.register_buffer("features_filled", torch.tensor(False))
+        self.init_feature_tables(finetune_features)
 
     def on_graphs_ready(self) -> None:
-        if self.finetune_features and not bool(self.features_filled):  # restored weights hold fine-tuned ones
-            with torch.no_grad():
-                for m in self.modalities:
-                    self.features[m].copy_(self.graphs.features[m])
-                self.features_filled.fill_(True)
+        self.fill_feature_tables()
 
     def input_table(self) -> torch.Tensor:
         return self.embedding
@@ -98,8 +90,7 @@ class BM3(RecommenderModule):
         return self.predictor(users), self.predictor(items)
 
     def projected_features(self, modality: str, items: torch.Tensor) -> torch.Tensor:
-        table = self.features[modality] if self.finetune_features else self.graphs.features[modality]
-        return self.projections[modality](gather_rows(table, items))
+        return self.projections[modality](gather_rows(self.feature_table(modality), items))
 
     def training_losses(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
                         ) -> dict[str, torch.Tensor]:

@@ -79,13 +79,9 @@ class FREEDOM(RecommenderModule):
         self.n_ui_layers, self.n_mm_layers = n_ui_layers, n_mm_layers
         self.edge_dropout = edge_dropout
         self.lambda_modality = lambda_modality
-        self.finetune_features = finetune_features
         self.embedding = user_item_table(n_users, n_items, embedding_dim)  # users first, then items
         self.projections = nn.ModuleDict({m: nn.Linear(d, embedding_dim) for m, d in self.feature_dims.items()})
-        if finetune_features:  # the raw features as trainable tables, filled from the data at the first setup
-            self.features = nn.ParameterDict({m: nn.Parameter(torch.zeros(n_items, d))
-                                              for m, d in self.feature_dims.items()})
-            self.register_buffer("features_filled", torch.tensor(False))
+        self.init_feature_tables(finetune_features)
         self.item_graph: torch.Tensor | None = None  # S [n_items, n_items] and its transpose
         self.item_graph_t: torch.Tensor | None = None
         self.train_graph: torch.Tensor | None = None  # this epoch's pruned user-item graph
@@ -100,11 +96,7 @@ class FREEDOM(RecommenderModule):
         combined = combined.coalesce()
         self.item_graph = combined.to_sparse_csr()
         self.item_graph_t = combined.t().coalesce().to_sparse_csr()
-        if self.finetune_features and not bool(self.features_filled):  # restored weights hold fine-tuned ones
-            with torch.no_grad():
-                for m in self.modalities:
-                    self.features[m].copy_(graphs.features[m])
-                self.features_filled.fill_(True)
+        self.fill_feature_tables()
         interactions = graphs.train_interactions.to_sparse_coo().coalesce()
         self._train_users, self._train_items = interactions.indices()
         self.train_graph = None
@@ -137,8 +129,7 @@ class FREEDOM(RecommenderModule):
 
     def projected_features(self, modality: str, items: torch.Tensor) -> torch.Tensor:
         """``W_m f_i + b_m`` [len(items), d] of ``items``."""
-        table = self.features[modality] if self.finetune_features else self.graphs.features[modality]
-        return self.projections[modality](gather_rows(table, items))
+        return self.projections[modality](gather_rows(self.feature_table(modality), items))
 
     def training_losses(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
                         ) -> dict[str, torch.Tensor]:

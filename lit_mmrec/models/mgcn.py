@@ -84,25 +84,18 @@ class MGCN(RecommenderModule):
             raise ValueError(f"tau must be positive, got {tau}")
         self.modalities = list(self.feature_dims)
         self.n_ui_layers, self.n_mm_layers = n_ui_layers, n_mm_layers
-        self.lambda_cl, self.tau, self.finetune_features = lambda_cl, tau, finetune_features
+        self.lambda_cl, self.tau = lambda_cl, tau
         d = embedding_dim
         self.embedding = user_item_table(n_users, n_items, d)  # users first, then items
         self.projections = nn.ModuleDict({m: nn.Linear(dim, d) for m, dim in self.feature_dims.items()})
         self.purifiers = nn.ModuleDict({m: nn.Linear(d, d) for m in self.modalities})
         self.preferences = nn.ModuleDict({m: nn.Linear(d, d) for m in self.modalities})
         self.attention = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
-        if finetune_features:  # the raw features as trainable tables, filled from the data at the first setup
-            self.features = nn.ParameterDict({m: nn.Parameter(torch.zeros(n_items, dim))
-                                              for m, dim in self.feature_dims.items()})
-            self.register_buffer("features_filled", torch.tensor(False))
+        self.init_feature_tables(finetune_features)
 
     def on_graphs_ready(self) -> None:
         graphs = self.graphs
-        if self.finetune_features and not bool(self.features_filled):  # restored weights hold fine-tuned ones
-            with torch.no_grad():
-                for m in self.modalities:
-                    self.features[m].copy_(graphs.features[m])
-                self.features_filled.fill_(True)
+        self.fill_feature_tables()
         # R: the user rows of D^-1/2 A D^-1/2, whose entries all lie in the item columns
         adjacency = graphs.norm_adjacency
         end = int(adjacency.crow_indices()[self.n_users])
@@ -120,8 +113,7 @@ class MGCN(RecommenderModule):
         item_ids = self.embedding[self.n_users :]
         views = {}
         for m in self.modalities:
-            table = self.features[m] if self.finetune_features else self.graphs.features[m]
-            purified = item_ids * torch.sigmoid(self.purifiers[m](self.projections[m](table)))
+            purified = item_ids * torch.sigmoid(self.purifiers[m](self.projections[m](self.feature_table(m))))
             items = propagate(self.graphs.item_item[m], purified, self.n_mm_layers, self.item_graphs_t[m])[-1]
             users = sparse_matmul(self.user_item, items, self.user_item_t)
             views[m] = torch.cat([users, items])
