@@ -234,7 +234,8 @@ def run_trial(sweep: Sweep, trial: optuna.Trial, workdir: Path, output: Path, ma
     _set(trial, params=params, host=socket.gethostname(), pid=os.getpid(), run_dir=run_dir)
     twin = next((t for t in study.get_trials(False, states=FINISHED) if t.user_attrs.get("params") == params), None)
     if twin is not None:  # the same settings would train the same model again: take the earlier trial's result
-        _set(trial, same_as=twin.number, **{k: v for k, v in twin.user_attrs.items() if k not in trial.user_attrs})
+        _set(trial, same_as=twin.number, seconds=0.0,
+             **{k: v for k, v in twin.user_attrs.items() if k not in trial.user_attrs and k != "seconds"})
         if twin.state == TrialState.PRUNED:
             raise optuna.TrialPruned()
         return twin.value

@@ -332,3 +332,19 @@ def test_workers_racing_to_create_the_database_retry(tmp_path: Path, monkeypatch
     sweep = Sweep.load(tiny_sweep(tmp_path, {LR: {"values": [0.01]}}))
     study = open_study(sweep, tmp_path / "out", f"sqlite:///{tmp_path / 'study.db'}")
     assert len(calls) == 2 and study.study_name == "tiny"
+
+
+def test_a_setting_already_run_is_answered_from_the_earlier_trial(tmp_path: Path):
+    """TPE can propose a combination of listed values it has run; the trial then takes the earlier result
+    instead of training the same model again."""
+    sweep = Sweep.load(tiny_sweep(tmp_path, {LR: {"values": [0.01, 0.02]}}, epochs=1))
+    output = tmp_path / "sweep"
+    study = open_study(sweep, output, None)
+    for _ in range(2):
+        study.enqueue_trial({LR: 0.01})
+    run_sweep(sweep, output, REPO_ROOT, n_trials=None, max_trials=2)
+    first, again = finished(output)
+    assert again.state == TrialState.COMPLETE and again.value == first.value
+    assert again.user_attrs["same_as"] == 0 and again.user_attrs["seconds"] == 0.0
+    assert not (output / "trial-001").exists()  # nothing trained
+    assert "complete (same as 0)" in (output / "trials.md").read_text()
