@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -220,12 +221,16 @@ class RandomStateCheckpoint(Callback):
 
 def peak_memory_mb(device: torch.device) -> float:
     """The peak memory so far, in MiB: allocated tensor memory on a CUDA device, else this process's peak
-    resident set size (which includes everything the process ran before)."""
+    resident set size (which includes everything the process ran before; NaN where the platform has no
+    ``resource`` module)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    try:
+        import resource
+    except ImportError:  # Windows
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 class TrainingTelemetry(Callback):
