@@ -193,10 +193,15 @@ def per_user(result: RunResult, split: str, k: int) -> dict[str, torch.Tensor]:
     return torch.load(cache, weights_only=True)
 
 
+def _spread(values: list[float]) -> float:
+    """The sample standard deviation over seeds; 0 for a single seed."""
+    return stdev(values) if len(values) > 1 else 0.0
+
+
 def _cell(values: list[float], digits: int = 4) -> str:
     if any(math.isnan(v) for v in values):
         return ""
-    spread = f" +- {stdev(values):.{digits}f}" if len(values) > 1 else ""
+    spread = f" +- {_spread(values):.{digits}f}" if len(values) > 1 else ""
     return f"{mean(values):.{digits}f}{spread}"
 
 
@@ -210,7 +215,7 @@ def write_results(study: Study, results: dict[str, list[RunResult]], output: Pat
             cells = []
             for column in columns + extra:
                 values = [run.values[column] for run in runs]
-                cells += [mean(values), stdev(values) if len(values) > 1 else 0.0]
+                cells += [mean(values), _spread(values)]
             writer.writerow([label, len(runs), *cells])
     header = ["model", "seeds", *columns, "best epoch", "s / epoch", "peak MiB"]
     lines = [f"## {study.title}", "", f"Mean +- sample std over seeds {', '.join(map(str, study.seeds))}; "
@@ -227,14 +232,14 @@ def write_results(study: Study, results: dict[str, list[RunResult]], output: Pat
 
 def write_pairs(study: Study, results: dict[str, list[RunResult]], output: Path) -> None:
     """Every model against the reference, on both splits, per seed and pooled over seeds."""
-    k, reference = study.pair_k, results[study.reference]
+    k = study.pair_k
+    reference = {split: [per_user(run, split, k) for run in results[study.reference]] for split in ("val", "test")}
     rows = []
     for label, runs in results.items():
         if label == study.reference:
             continue
         for split in ("val", "test"):
-            a = [per_user(run, split, k) for run in reference]
-            b = [per_user(run, split, k) for run in runs]
+            a, b = reference[split], [per_user(run, split, k) for run in runs]
             for metric in METRICS:
                 for seed, left, right in zip(study.seeds, a, b):
                     if not torch.equal(left["users"], right["users"]):
@@ -289,7 +294,7 @@ def write_plots(study: Study, results: dict[str, list[RunResult]], output: Path)
         for split in ("val", "test"):
             values = [[run.values[f"{split}/recall@{k}"] for run in results[m.label]] for m in varied]
             axes.errorbar([float(m.varied) for m in varied], [mean(v) for v in values],
-                          yerr=[stdev(v) if len(v) > 1 else 0.0 for v in values], marker="o", capsize=3, label=split)
+                          yerr=[_spread(v) for v in values], marker="o", capsize=3, label=split)
         axes.set(xlabel=study.vary["parameter"], ylabel=f"Recall@{k} (mean +- std over seeds)",
                  title=f"{study.vary['model']} on {study.title}")
         axes.legend()
