@@ -1,7 +1,7 @@
 """The ``lit_mmrec`` command: one entry point for every subcommand.
 
 ``fit`` / ``validate`` / ``test`` / ``predict`` are LightningCLI's (:mod:`lit_mmrec.lightning_cli`);
-``sweep``, ``compare``, ``report`` and ``prepare`` are lit_mmrec's own tools, imported only when called.
+``sweep``, ``compare``, ``report``, ``prepare`` and ``features`` are lit_mmrec's own tools, imported only when called.
 Bad input data and config errors end with one message and exit status 2, without a traceback
 (``LIT_MMREC_DEBUG=1`` shows it); an unknown option gets a "did you mean" line instead of the whole usage.
 """
@@ -26,10 +26,12 @@ SUBCOMMANDS: dict[str, str] = {
     "compare": "compare two trained runs user by user (paired differences and p-values)",
     "report": "train a study file's missing runs and write its results tables, paired tests and plots",
     "prepare": "turn raw interactions (Amazon reviews, CSV/TSV) into an MMRec-format dataset",
+    "features": "encode item text and images into <modality>_feat.npy files, in item-id order",
 }
 # subcommands that are not LightningCLI's: module and function that take the remaining arguments
 _TOOLS = {"sweep": ("lit_mmrec.sweep", "main"), "compare": ("lit_mmrec.compare", "main"),
-          "report": ("lit_mmrec.report", "main"), "prepare": ("lit_mmrec.data.prepare", "main")}
+          "report": ("lit_mmrec.report", "main"), "prepare": ("lit_mmrec.data.prepare", "main"),
+          "features": ("lit_mmrec.data.features", "main")}
 
 
 def usage() -> str:

@@ -122,7 +122,7 @@ def test_runs_into_one_output_folder_keep_their_own_folders(tmp_path: Path):
 def test_help_lists_every_subcommand():
     result = subprocess.run([sys.executable, "-m", "lit_mmrec", "--help"], capture_output=True, text=True,
                             check=True)
-    for name in ("fit", "validate", "test", "predict", "sweep", "compare", "report", "prepare"):
+    for name in ("fit", "validate", "test", "predict", "sweep", "compare", "report", "prepare", "features"):
         assert f"\n  {name} " in result.stdout, name
 
 
