@@ -18,6 +18,7 @@ the seeds every model runs at::
 Config paths are relative to the study file. Each (model, seed) is one ``lit_mmrec fit`` in its own process
 (so that its peak memory is its own) in ``<output>/runs/<model>/seed-<seed>``; a finished run (its
 ``metrics.csv`` holds the test metrics) is skipped, an interrupted one resumes from its ``last.ckpt``.
+``--jobs N`` trains N runs at a time (their seconds per epoch are then measured on a shared machine).
 
 Written to ``<output>``: ``results.md`` and ``results.csv`` (per model: mean and sample standard deviation
 over seeds of validation metrics at the best epoch and of test metrics of the best checkpoint, Recall / NDCG /
@@ -38,6 +39,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
@@ -306,29 +308,31 @@ def write_plots(study: Study, results: dict[str, list[RunResult]], output: Path)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``lit_mmrec report --study FILE [--output DIR] [--no-train]``."""
+    """``lit_mmrec report --study FILE [--output DIR] [--no-train] [--jobs N]``."""
     parser = argparse.ArgumentParser(prog="lit_mmrec report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", type=Path, required=True, help="a study file (e.g. studies/tiktok.yaml)")
     parser.add_argument("--output", type=Path, default=None,
                         help="results folder (default: $LIT_MMREC_OUTPUT or ~/lit_mmrec_runs, then studies/<name>)")
     parser.add_argument("--no-train", action="store_true", help="collect finished runs only; train nothing")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at the same time (their seconds per epoch then share the machine)")
     options = parser.parse_args(argv)
     try:
         study = Study.load(options.study.expanduser().resolve())
         root = Path(os.environ.get("LIT_MMREC_OUTPUT", Path.home() / "lit_mmrec_runs"))
         output = (options.output or root / "studies" / study.name).expanduser().resolve()
         output.mkdir(parents=True, exist_ok=True)
-        results = {}
-        for model in study.models:
-            runs = []
-            for seed in study.seeds:
-                run = run_folder(output, model, seed)
-                if not options.no_train:
-                    run = ensure_run(output, model, seed, study.pair_k)
-                elif not is_finished(run, study.pair_k):
-                    raise StudyError(f"{model.label} at seed {seed} has not finished ({run}); run without --no-train")
-                runs.append(collect(run, study.ks, study.pair_k))
-            results[model.label] = runs
+        pairs = [(model, seed) for model in study.models for seed in study.seeds]
+        if not options.no_train:
+            with ThreadPoolExecutor(max(1, options.jobs)) as pool:  # each run is its own process
+                list(pool.map(lambda pair: ensure_run(output, *pair, study.pair_k), pairs))
+        unfinished = [(m, s) for m, s in pairs if not is_finished(run_folder(output, m, s), study.pair_k)]
+        if unfinished:
+            model, seed = unfinished[0]
+            raise StudyError(f"{model.label} at seed {seed} has not finished ({run_folder(output, model, seed)}); "
+                             f"run without --no-train")
+        results = {model.label: [collect(run_folder(output, model, seed), study.ks, study.pair_k)
+                                 for seed in study.seeds] for model in study.models}
         write_results(study, results, output)
         write_pairs(study, results, output)
         write_plots(study, results, output)

@@ -54,7 +54,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_report_trains_collects_and_compares_against_the_reference(tmp_path: Path, capsys):
     study_file, output = write_study(tmp_path), tmp_path / "out"
-    main(["report", "--study", str(study_file), "--output", str(output)])
+    main(["report", "--study", str(study_file), "--output", str(output), "--jobs", "2"])
     runs = {(label, seed): output / "runs" / slug / f"seed-{seed}" / "lightning_logs" / "version_0"
             for label, slug in (("LightGCN", "LightGCN"), ("BPR", "BPR"), ("BPR embedding_dim=8", "BPR_embedding_dim_8"))
             for seed in SEEDS}

@@ -7,8 +7,9 @@ Formats (gzipped or not):
   ``category`` and ``description`` as lists, ``imageURLHighRes`` / ``imageURL``), 2023 (JSON: ``parent_asin``,
   ``title``, ``store``, ``categories``, ``description`` and ``features`` as lists, ``images`` as a list of
   ``{hi_res, large, thumb}``);
-* any JSON-lines file, or a CSV/TSV table with a header row, with an item id column (``item_column``) and
-  text and image columns named by the caller.
+* any JSON-lines file, or a CSV/TSV table with a header row (RecBole's ``.item`` files among them, whose
+  ``name:type`` columns are addressed by name), with an item id column (``item_column``) and text and image
+  columns named by the caller.
 
 The text of an item is its ``text_fields`` in order, joined by single spaces, newlines and runs of whitespace
 made one space. The default fields are MMRec's (its ``3feat-encoder`` notebook): title, brand, the categories,
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lit_mmrec.data.interactions import DataFormatError
+from lit_mmrec.data.prepare import bare_column_names
 
 MMREC_TEXT_FIELDS = ("title", "brand", "categories", "description")
 FIELD_ALIASES = {"brand": ("store",), "categories": ("category",)}
@@ -123,14 +125,16 @@ def _records(path: Path):
                     raise DataFormatError(f"{path}, line {number}: not a JSON object; each line must describe "
                                           f"one item")
                 yield number, record
-    elif any(s in (".csv", ".tsv", ".txt") for s in names):
+    elif any(s in (".csv", ".tsv", ".txt", ".item") for s in names):
         with _open(path) as handle:
-            reader = csv.DictReader(handle, delimiter="\t" if ".tsv" in names or ".txt" in names else ",")
+            reader = csv.reader(handle, delimiter="," if ".csv" in names else "\t")
+            header = bare_column_names(next(reader, []))
             for number, row in enumerate(reader, start=2):
-                yield number, row
+                if row:
+                    yield number, dict(zip(header, row))
     else:
         raise DataFormatError(f"{path}: unknown metadata format; give JSON lines (.json, .jsonl) or a table with a "
-                              f"header row (.csv, .tsv), optionally gzipped")
+                              f"header row (.csv, .tsv, .item), optionally gzipped")
 
 
 def read_metadata(path: Path, text_fields: tuple[str, ...] = MMREC_TEXT_FIELDS, item_column: str | None = None,

@@ -76,13 +76,22 @@ def read_amazon_json(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     return users, items, np.asarray(times, dtype=np.float64)
 
 
+RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def bare_column_names(header: list[str]) -> list[str]:
+    """Column names with RecBole's atomic-file types dropped (``user_id:token`` -> ``user_id``)."""
+    return [name.rsplit(":", 1)[0] if name.rsplit(":", 1)[-1] in RECBOLE_TYPES else name for name in header]
+
+
 def read_table(path: Path, user: str, item: str, time: str, columns: list[str] | None
                ) -> tuple[list[str], list[str], np.ndarray]:
-    """Users, items and times of a CSV (``.csv``) or TSV (other suffixes) file, with a header or ``columns``."""
+    """Users, items and times of a CSV (``.csv``) or TSV (other suffixes, RecBole's ``.inter`` among them) file,
+    with a header or ``columns``; a header's RecBole types (``user_id:token``) may be left out of the names."""
     delimiter = "," if ".csv" in path.suffixes else "\t"
     with _open(path) as handle:
         reader = csv.reader(handle, delimiter=delimiter)
-        header = columns or next(reader, [])
+        header = columns or bare_column_names(next(reader, []))
         missing = [name for name in (user, item, time) if name not in header]
         if missing:
             raise DataFormatError(f"{path}: no column {missing[0]!r} in {header}; name the columns with --user, "
