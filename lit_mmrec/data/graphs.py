@@ -136,6 +136,29 @@ def degree_sensitive_pruned_graph(
                       torch.cat([values, values]), n_users + n_items)
 
 
+def knn_neighbours(normalised: torch.Tensor, k: int, include_self: bool = True, block_size: int = 1024
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``k`` largest cosine similarities and their columns [n, k], for unit-norm rows.
+
+    Computed ``block_size`` rows at a time (no n x n matrix is held) and without gradient. Without
+    ``include_self`` an item is never its own neighbour.
+    """
+    n_items = normalised.shape[0]
+    if not 0 < k < n_items + (1 if include_self else 0):
+        raise ValueError(f"knn k={k} must be between 1 and the number of candidate neighbours ({n_items})")
+    values, indices = [], []
+    with torch.no_grad():
+        for start in range(0, n_items, block_size):  # blocks of items, vectorised inside
+            similarity = normalised[start : start + block_size] @ normalised.T  # [block, n_items]
+            if not include_self:
+                local = torch.arange(len(similarity), device=similarity.device)
+                similarity[local, local + start] = -torch.inf
+            top_values, top_indices = similarity.topk(k, dim=1)
+            values.append(top_values)
+            indices.append(top_indices)
+    return torch.cat(values), torch.cat(indices)
+
+
 def item_item_knn_graph(
     features: np.ndarray | torch.Tensor,
     k: int = 10,
@@ -145,34 +168,21 @@ def item_item_knn_graph(
 ) -> sp.csr_matrix:
     """Top-k cosine-similarity neighbours of each item, symmetrically normalised (DiffCL eq 18-21).
 
-    Similarities are computed ``block_size`` rows at a time, so no items x items dense matrix is held.
-    Each row keeps its ``k`` most similar items (edges of weight 1 for ``binary``, the cosine
-    similarity for ``similarity``, negative similarities clipped to 0). With ``include_self`` the item
-    itself may be among its neighbours, as in MMRec's LATTICE/FREEDOM code, where self-similarity 1
-    always ranks first. The result is ``D^-1/2 S D^-1/2`` with D the row sums of S.
+    Similarities are computed ``block_size`` rows at a time (:func:`knn_neighbours`), so no items x items
+    dense matrix is held. Each row keeps its ``k`` most similar items (edges of weight 1 for ``binary``,
+    the cosine similarity for ``similarity``, negative similarities clipped to 0). With ``include_self``
+    the item itself may be among its neighbours, as in MMRec's LATTICE/FREEDOM code, where
+    self-similarity 1 always ranks first. The result is ``D^-1/2 S D^-1/2`` with D the row sums of S.
     """
-    x = torch.as_tensor(features, dtype=torch.float32)
+    x = torch.nn.functional.normalize(torch.as_tensor(features, dtype=torch.float32), dim=1)
+    top_values, top_indices = knn_neighbours(x, k, include_self, block_size)
     n_items = x.shape[0]
-    if not 0 < k < n_items + (1 if include_self else 0):
-        raise ValueError(f"knn k={k} must be between 1 and the number of candidate neighbours ({n_items})")
-    x = torch.nn.functional.normalize(x, dim=1)
-    rows, cols, values = [], [], []
-    for start in range(0, n_items, block_size):  # blocks of items, vectorised inside
-        block = x[start : start + block_size]
-        similarity = block @ x.T  # [block, n_items]
-        if not include_self:
-            local = torch.arange(len(block))
-            similarity[local, local + start] = -torch.inf
-        top_values, top_indices = similarity.topk(k, dim=1)
-        rows.append(torch.arange(start, start + len(block)).repeat_interleave(k))
-        cols.append(top_indices.reshape(-1))
-        values.append(top_values.reshape(-1))
-    row = torch.cat(rows).numpy()
-    col = torch.cat(cols).numpy()
+    row = torch.arange(n_items).repeat_interleave(k).numpy()
+    col = top_indices.reshape(-1).numpy()
     if weighting == "binary":
         weight = np.ones(len(row), dtype=np.float32)
     elif weighting == "similarity":
-        weight = torch.cat(values).clamp_min(0.0).numpy()
+        weight = top_values.reshape(-1).clamp_min(0.0).numpy()
     else:
         raise ValueError(f"knn weighting must be 'binary' or 'similarity', got {weighting!r}")
     graph = sp.csr_matrix((weight, (row, col)), shape=(n_items, n_items), dtype=np.float32)
