@@ -90,7 +90,7 @@ def test_gpu_check_scripts_parse_and_name_what_exists():
     for script in ("prepare.sh", "check.sh"):
         subprocess.run(["bash", "-n", str(gpu / script)], check=True)
     text = (gpu / "check.sh").read_text()
-    models = re.search(r"for model in ([a-z ]+); do", text).group(1).split()
+    models = re.search(r"for model in ([a-z0-9 ]+); do", text).group(1).split()
     assert {"diffcl", "dasrec", "lightgcn"} <= set(models)
     for model in models:
         assert (REPO_ROOT / "configs" / "experiment" / f"{model}_synthetic.yaml").is_file(), model
