@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import ast
 import csv
-import gzip
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lit_mmrec.data.interactions import DataFormatError
-from lit_mmrec.data.prepare import bare_column_names
+from lit_mmrec.data.prepare import bare_column_names, json_lines, open_text
 
 MMREC_TEXT_FIELDS = ("title", "brand", "categories", "description")
 FIELD_ALIASES = {"brand": ("store",), "categories": ("category",)}
@@ -51,11 +49,6 @@ class ItemMetadata:
     images: dict[str, str | None] = field(default_factory=dict)
     records: int = 0  # lines or rows read
     repeated: int = 0  # records of an id seen before (the first one is kept)
-
-
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8", newline="") if path.suffix == ".gz" else path.open(
-        encoding="utf-8", newline="")
 
 
 def _as_text(value) -> str:
@@ -109,24 +102,9 @@ def _records(path: Path):
     """(line number, record) of a JSON-lines file, Python-literal lines (Amazon 2014) accepted, or of a table."""
     names = [s.lower() for s in path.suffixes]
     if any(s in (".json", ".jsonl") for s in names):
-        with _open(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    try:
-                        record = ast.literal_eval(line)
-                    except (ValueError, SyntaxError):
-                        raise DataFormatError(f"{path}, line {number}: not a JSON object; each line must describe "
-                                              f"one item") from None
-                if not isinstance(record, dict):
-                    raise DataFormatError(f"{path}, line {number}: not a JSON object; each line must describe "
-                                          f"one item")
-                yield number, record
+        yield from json_lines(path, "the record of one item")
     elif any(s in (".csv", ".tsv", ".txt", ".item") for s in names):
-        with _open(path) as handle:
+        with open_text(path, newline="") as handle:
             reader = csv.reader(handle, delimiter="," if ".csv" in names else "\t")
             header = bare_column_names(next(reader, []))
             for number, row in enumerate(reader, start=2):

@@ -43,36 +43,47 @@ AMAZON_FIELDS = {"user": ("reviewerID", "user_id"), "item": ("parent_asin", "asi
                  "time": ("unixReviewTime", "timestamp")}
 
 
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+def open_text(path: Path, newline: str | None = None):
+    """A text handle on ``path``, gunzipped when it ends in ``.gz``."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", newline=newline)
+    return path.open(encoding="utf-8", newline=newline)
 
 
-def read_amazon_json(path: Path) -> tuple[list[str], list[str], np.ndarray]:
-    """Users, items and times (seconds) of an Amazon review dump, one JSON object per line."""
-    users, items, times = [], [], []
-    with _open(path) as handle:
+def json_lines(path: Path, each: str):
+    """(line number, object) of a file of one JSON object per line (``each`` says what a line holds, for the
+    error message); Python-literal lines, as in the Amazon 2014 dumps, are accepted; blank lines skipped."""
+    with open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                try:  # the 2014 dumps' Python-literal lines
+                try:
                     record = ast.literal_eval(line)
                 except (ValueError, SyntaxError):
-                    raise DataFormatError(f"{path}, line {number}: not a JSON object; each line must be one "
-                                          f"review") from None
-            found = {}
-            for role, names in AMAZON_FIELDS.items():
-                name = next((n for n in names if n in record), None)
-                if name is None:
-                    raise DataFormatError(f"{path}, line {number}: no {' or '.join(names)} field; an Amazon "
-                                          f"review line needs a user, an item and a time")
-                found[role] = record[name]
-            users.append(str(found["user"]))
-            items.append(str(found["item"]))
-            seconds = float(found["time"])
-            times.append(seconds / 1000.0 if "timestamp" in record and "unixReviewTime" not in record else seconds)
+                    record = None
+            if not isinstance(record, dict):
+                raise DataFormatError(f"{path}, line {number}: not a JSON object; each line must be {each}")
+            yield number, record
+
+
+def read_amazon_json(path: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """Users, items and times (seconds) of an Amazon review dump, one JSON object per line."""
+    users, items, times = [], [], []
+    for number, record in json_lines(path, "one review"):
+        found = {}
+        for role, names in AMAZON_FIELDS.items():
+            name = next((n for n in names if n in record), None)
+            if name is None:
+                raise DataFormatError(f"{path}, line {number}: no {' or '.join(names)} field; an Amazon "
+                                      f"review line needs a user, an item and a time")
+            found[role] = record[name]
+        users.append(str(found["user"]))
+        items.append(str(found["item"]))
+        seconds = float(found["time"])
+        times.append(seconds / 1000.0 if "timestamp" in record and "unixReviewTime" not in record else seconds)
     return users, items, np.asarray(times, dtype=np.float64)
 
 
@@ -89,7 +100,7 @@ def read_table(path: Path, user: str, item: str, time: str, columns: list[str] |
     """Users, items and times of a CSV (``.csv``) or TSV (other suffixes, RecBole's ``.inter`` among them) file,
     with a header or ``columns``; a header's RecBole types (``user_id:token``) may be left out of the names."""
     delimiter = "," if ".csv" in path.suffixes else "\t"
-    with _open(path) as handle:
+    with open_text(path) as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         header = columns or bare_column_names(next(reader, []))
         missing = [name for name in (user, item, time) if name not in header]
