@@ -1,7 +1,8 @@
 """The ``lit_mmrec`` command: one entry point for every subcommand.
 
 ``fit`` / ``validate`` / ``test`` / ``predict`` are LightningCLI's (:mod:`lit_mmrec.lightning_cli`);
-``sweep``, ``compare``, ``report``, ``prepare`` and ``features`` are lit_mmrec's own tools, imported only when called.
+``sweep``, ``compare``, ``report``, ``prepare`` and ``features`` are lit_mmrec's own tools, imported only when
+called.
 Bad input data and config errors end with one message and exit status 2, without a traceback
 (``LIT_MMREC_DEBUG=1`` shows it); an unknown option gets a "did you mean" line instead of the whole usage.
 """
