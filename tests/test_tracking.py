@@ -195,13 +195,22 @@ def test_sweep_files_validate_against_the_wandb_schema(path: Path):
             assert (REPO_ROOT / argument).is_file(), argument
 
 
-def experiment_model_class(experiment: Path) -> type:
-    """The model class an experiment config names, inline or through a ``configs/model`` file."""
+def experiment_model(experiment: Path) -> dict:
+    """The model section an experiment config names, inline or through a ``configs/model`` file."""
     model = yaml.safe_load(experiment.read_text())["model"]
     if isinstance(model, str):
         model = yaml.safe_load((experiment.parent / model).read_text())
-    module, _, name = model["class_path"].rpartition(".")
+    return model
+
+
+def class_of(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+def accepted_arguments(cls: type) -> set[str]:
+    return {name for klass in cls.__mro__ if "__init__" in vars(klass)
+            for name in inspect.signature(klass.__init__).parameters}
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
@@ -209,13 +218,20 @@ def test_sweep_parameters_are_arguments_of_the_swept_model(path: Path):
     """A misspelt parameter would only fail once an agent started a trial; here it fails at once."""
     config = yaml.safe_load(path.read_text())
     experiment = next(REPO_ROOT / arg for arg in config["command"] if arg.startswith("configs/experiment/"))
-    model_class = experiment_model_class(experiment)
-    accepted = {name for cls in model_class.__mro__ if "__init__" in vars(cls)
-                for name in inspect.signature(cls.__init__).parameters}
+    model = experiment_model(experiment)
+    model_class = class_of(model["class_path"])
+    accepted = accepted_arguments(model_class)
     for parameter in config["parameters"]:
         section, init_args, name = parameter.split(".", 2)
         assert (section, init_args) == ("model", "init_args"), parameter
-        assert name in accepted, f"{path.name}: {model_class.__name__} has no argument {name!r}"
+        head, _, nested = name.partition(".")
+        assert head in accepted, f"{path.name}: {model_class.__name__} has no argument {head!r}"
+        if nested:  # into a class argument the model config spells out, e.g. optimizer.init_args.lr
+            inner = model["init_args"][head]
+            assert nested.startswith("init_args."), parameter
+            inner_name = nested.removeprefix("init_args.")
+            assert inner_name in accepted_arguments(class_of(inner["class_path"])), (
+                f"{path.name}: {inner['class_path']} has no argument {inner_name!r}")
 
 
 def test_schema_rejects_a_bad_sweep():
