@@ -269,6 +269,17 @@ def write_pairs(study: Study, results: dict[str, list[RunResult]], output: Path)
     (output / "pairs.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def base_value(config: Path, parameter: str) -> float | None:
+    """The number a run's saved ``config.yaml`` holds at the dotted ``parameter``, or ``None``."""
+    try:
+        node = yaml.safe_load(config.read_text())
+        for key in parameter.split("."):
+            node = node[key]
+        return float(node)
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return None
+
+
 def write_plots(study: Study, results: dict[str, list[RunResult]], output: Path) -> list[Path]:
     """``curves.png`` and, with ``vary``, ``sensitivity.png``; none (with a message) without matplotlib."""
     try:
@@ -291,14 +302,17 @@ def write_plots(study: Study, results: dict[str, list[RunResult]], output: Path)
     written.append(output / "curves.png")
     plt.close(figure)
     if study.vary:
-        varied = [m for m in study.models if m.varied is not None]
+        points = {float(m.varied): m.label for m in study.models if m.varied is not None}
+        base = base_value(results[study.vary["model"]][0].config, study.vary["parameter"])
+        if base is not None:  # the varied model's own setting, read from its saved config
+            points.setdefault(base, study.vary["model"])
+        xs = sorted(points)
         figure, axes = plt.subplots(figsize=(6, 4))
         for split in ("val", "test"):
-            values = [[run.values[f"{split}/recall@{k}"] for run in results[m.label]] for m in varied]
-            axes.errorbar([float(m.varied) for m in varied], [mean(v) for v in values],
-                          yerr=[_spread(v) for v in values], marker="o", capsize=3, label=split)
-        axes.set(xlabel=study.vary["parameter"], ylabel=f"Recall@{k} (mean +- std over seeds)",
-                 title=f"{study.vary['model']} on {study.title}")
+            values = [[run.values[f"{split}/recall@{k}"] for run in results[points[x]]] for x in xs]
+            axes.errorbar(xs, [mean(v) for v in values], yerr=[_spread(v) for v in values], marker="o", capsize=3,
+                          label=split)
+        axes.set(xlabel=study.vary["parameter"], ylabel=f"Recall@{k} (mean +- std over seeds)", title=study.title)
         axes.legend()
         figure.tight_layout()
         figure.savefig(output / "sensitivity.png", dpi=120)

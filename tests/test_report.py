@@ -106,6 +106,11 @@ def test_report_trains_collects_and_compares_against_the_reference(tmp_path: Pat
     assert float(row["difference"]) == pytest.approx(float(pooled_d.mean()))
     assert float(row["standard_error"]) == pytest.approx(float(pooled_d.std()) / math.sqrt(len(pooled_d)))
     assert "| BPR | test | recall@20 |" in (output / "pairs.md").read_text()
+    # the sensitivity plot places the varied model's own run at its configured value
+    from lit_mmrec.report import base_value
+    saved = yaml.safe_load((runs["BPR", 3] / "config.yaml").read_text())["model"]["init_args"]["embedding_dim"]
+    assert base_value(runs["BPR", 3] / "config.yaml", "model.init_args.embedding_dim") == float(saved) != 8.0
+    assert base_value(runs["BPR", 3] / "config.yaml", "model.init_args.absent") is None
     for plot in ("curves.png", "sensitivity.png"):
         assert (output / plot).read_bytes()[:4] == b"\x89PNG"
 
