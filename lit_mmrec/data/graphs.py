@@ -36,6 +36,12 @@ def scipy_to_torch_csr(matrix: sp.spmatrix) -> torch.Tensor:
         )
 
 
+def torch_csr_to_scipy(matrix: torch.Tensor) -> sp.csr_matrix:
+    """A torch sparse CSR matrix as a scipy CSR matrix, on the CPU (the inverse of :func:`scipy_to_torch_csr`)."""
+    return sp.csr_matrix((matrix.values().cpu().numpy(), matrix.col_indices().cpu().numpy(),
+                          matrix.crow_indices().cpu().numpy()), shape=tuple(matrix.shape))
+
+
 def symmetric_normalise(matrix: sp.spmatrix) -> sp.csr_matrix:
     """``D^-1/2 A D^-1/2`` with D the row sums of A; rows with zero degree stay zero."""
     csr = sp.csr_matrix(matrix, dtype=np.float32)
@@ -187,6 +193,35 @@ def item_item_knn_graph(
         raise ValueError(f"knn weighting must be 'binary' or 'similarity', got {weighting!r}")
     graph = sp.csr_matrix((weight, (row, col)), shape=(n_items, n_items), dtype=np.float32)
     return symmetric_normalise(graph)
+
+
+def user_cooccurrence_graph(train: sp.csr_matrix, k: int, block_rows: int = 2048) -> sp.csr_matrix:
+    """Each user's ``k`` users with the most items in common, weighted by that count, as a sparse
+    [n_users, n_users] matrix (DualGNN's and DRAGON's user-user graph; MMRec's preprocessing script).
+
+    ``C = R R^T`` without its diagonal, computed ``block_rows`` users at a time (no users x users matrix is
+    held); each row keeps its ``k`` largest counts, ties broken towards the lower user id; users who share no
+    item with anyone get an empty row. Not symmetric: v may be among u's top k without u among v's.
+    """
+    if k < 1:
+        raise ValueError(f"user graph k must be at least 1, got {k}")
+    csr = sp.csr_matrix(train, dtype=np.float32)
+    csr.data[:] = 1.0
+    transpose = csr.T.tocsr()
+    n_users = csr.shape[0]
+    rows, cols, values = [], [], []
+    for start in range(0, n_users, block_rows):  # blocks of users, vectorised inside
+        block = (csr[start : start + block_rows] @ transpose).tocoo()
+        row, col, count = block.row.astype(np.int64) + start, block.col.astype(np.int64), block.data
+        off_diagonal = row != col
+        row, col, count = row[off_diagonal], col[off_diagonal], count[off_diagonal]
+        order = np.lexsort((col, -count, row))  # by user, then count descending, then neighbour id
+        row, col, count = row[order], col[order], count[order]
+        first = np.searchsorted(row, row, side="left")  # each entry's row start in the sorted block
+        keep = np.arange(len(row)) - first < k
+        rows.append(row[keep]), cols.append(col[keep]), values.append(count[keep])
+    return sp.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=(n_users, n_users), dtype=np.float32)
 
 
 def default_cache_dir() -> Path:

@@ -7,7 +7,7 @@ from torch import nn
 
 from lit_mmrec.data.graphs import degree_sensitive_pruned_graph
 from lit_mmrec.models.base import RecommenderModule, user_item_table
-from lit_mmrec.models.components import bpr_loss, combine_layers, gather_rows, propagate, propagate_rows
+from lit_mmrec.models.components import bpr_loss, combine_layers, gather_rows, propagate, propagate_rows, weighted_graph_sum
 
 
 class FREEDOM(RecommenderModule):
@@ -89,13 +89,7 @@ class FREEDOM(RecommenderModule):
     # ---- graphs ----
     def on_graphs_ready(self) -> None:
         graphs = self.graphs
-        combined = None
-        for m in self.modalities:
-            term = self.modality_weights[m] * graphs.item_item[m].to_sparse_coo()
-            combined = term if combined is None else combined + term
-        combined = combined.coalesce()
-        self.item_graph = combined.to_sparse_csr()
-        self.item_graph_t = combined.t().coalesce().to_sparse_csr()
+        self.item_graph, self.item_graph_t = weighted_graph_sum(graphs.item_item, self.modality_weights)
         self.fill_feature_tables()
         interactions = graphs.train_interactions.to_sparse_coo().coalesce()
         self._train_users, self._train_items = interactions.indices()

@@ -13,6 +13,8 @@ from lit_mmrec.data.graphs import (
     item_item_knn_graph,
     scipy_to_torch_csr,
     sym_norm_adjacency,
+    torch_csr_to_scipy,
+    user_cooccurrence_graph,
 )
 
 
@@ -91,6 +93,21 @@ def test_knn_cache_roundtrip(tmp_path):
 def test_scipy_to_torch_csr_roundtrip():
     matrix = sp.random(7, 5, density=0.3, format="csr", dtype=np.float32, random_state=1)
     np.testing.assert_allclose(scipy_to_torch_csr(matrix).to_dense().numpy(), matrix.toarray())
+    back = torch_csr_to_scipy(scipy_to_torch_csr(matrix))
+    np.testing.assert_allclose(back.toarray(), matrix.toarray())
+
+
+def test_user_cooccurrence_graph_by_hand():
+    # items per user: 0 {0, 1, 2}, 1 {0, 1}, 2 {2}, 3 {0}, 4 {3} (shares nothing)
+    train = sp.csr_matrix(np.array([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1]]))
+    expected_all = np.array([[0, 2, 1, 1, 0], [2, 0, 0, 1, 0], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(user_cooccurrence_graph(train, k=4).toarray(), expected_all)
+    # k = 2: user 0 keeps 1 (2 common) and, of the ties at 1, the lower id 2; a block of 2 rows changes nothing
+    top_two = user_cooccurrence_graph(train, k=2, block_rows=2).toarray()
+    np.testing.assert_array_equal(top_two[0], [0, 2, 1, 0, 0])
+    np.testing.assert_array_equal(top_two[1:], expected_all[1:])
+    with pytest.raises(ValueError, match="at least 1"):
+        user_cooccurrence_graph(train, k=0)
 
 
 def test_pruned_graph_keeping_every_edge_is_the_normalised_adjacency():

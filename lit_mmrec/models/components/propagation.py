@@ -200,6 +200,18 @@ def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table.index_select(0, index)
 
 
+def weighted_graph_sum(graphs: dict[str, torch.Tensor], weights: dict[str, float]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``S = sum_m w_m S_m`` of sparse graphs of one shape, and its transpose, both sparse CSR (the
+    modality-weighted item-item graph of FREEDOM and DRAGON)."""
+    combined = None
+    for name, weight in weights.items():
+        term = weight * graphs[name].to_sparse_coo()
+        combined = term if combined is None else combined + term
+    combined = combined.coalesce()
+    return combined.to_sparse_csr(), combined.t().coalesce().to_sparse_csr()
+
+
 def entry_rows(matrix: torch.Tensor) -> torch.Tensor:
     """The row index [nnz] of every stored entry of a sparse CSR ``matrix``, in storage order."""
     crow = matrix.crow_indices()
