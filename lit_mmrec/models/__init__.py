@@ -1,4 +1,4 @@
-"""Recommender LightningModules: the shared base, the baselines (MGCN, BM3, LATTICE, LGMRec, SLMRec and DiffMM among them), DiffCL and DASRec."""
+"""Recommender LightningModules: the shared base, the baselines (MGCN, MMGCN, BM3, LATTICE, LGMRec, SLMRec and DiffMM among them), DiffCL and DASRec."""
 
 from lit_mmrec.models.base import RecommenderModule
 from lit_mmrec.models.bm3 import BM3
@@ -11,7 +11,8 @@ from lit_mmrec.models.lattice import LATTICE
 from lit_mmrec.models.lgmrec import LGMRec
 from lit_mmrec.models.lightgcn import LightGCN
 from lit_mmrec.models.mgcn import MGCN
+from lit_mmrec.models.mmgcn import MMGCN
 from lit_mmrec.models.slmrec import SLMRec
 from lit_mmrec.models.vbpr import VBPR
 
-__all__ = ["BM3", "BPRMF", "DASRec", "FREEDOM", "DiffCL", "DiffMM", "LATTICE", "LGMRec", "LightGCN", "MGCN", "RecommenderModule", "SLMRec", "VBPR"]
+__all__ = ["BM3", "BPRMF", "DASRec", "DiffCL", "DiffMM", "FREEDOM", "LATTICE", "LGMRec", "LightGCN", "MGCN", "MMGCN", "RecommenderModule", "SLMRec", "VBPR"]
