@@ -7,7 +7,14 @@ from torch import nn
 
 from lit_mmrec.data.graphs import degree_sensitive_pruned_graph
 from lit_mmrec.models.base import RecommenderModule, user_item_table
-from lit_mmrec.models.components import bpr_loss, combine_layers, gather_rows, propagate, propagate_rows, weighted_graph_sum
+from lit_mmrec.models.components import (
+    bpr_loss,
+    combine_layers,
+    gather_rows,
+    propagate,
+    propagate_rows,
+    weighted_graph_sum,
+)
 
 
 class FREEDOM(RecommenderModule):
