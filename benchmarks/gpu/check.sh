@@ -40,7 +40,7 @@ step() {  # step FILE LABEL COMMAND...: run one step into FILE, note its status 
 
 step summary.txt versions python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__); print('cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 # every model's training, validation and test steps on the device (synthetic data, one epoch)
-for model in lightgcn bpr vbpr freedom mgcn bm3 lattice diffcl dasrec diffmm; do
+for model in lightgcn bpr vbpr freedom mgcn bm3 lattice lgmrec slmrec mmgcn grcn dualgnn dragon diffcl dasrec diffmm; do
   step fits.log "fit $model" python3 -m lit_mmrec.cli fit --config "configs/experiment/${model}_synthetic.yaml" \
     --trainer.accelerator "$accelerator" --trainer.max_epochs 1 --trainer.logger false --trainer.enable_progress_bar false
 done
