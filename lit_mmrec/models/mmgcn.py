@@ -103,7 +103,8 @@ class MMGCN(RecommenderModule):
           ``latent_dims`` (None) applies that rule, or names a width per modality (a missing one enters raw).
         * MMRec keeps the ID table and the preference tables as plain tensors, not parameters, so they stay at
           their Xavier-normal initialisation and only the layers learn; ``learn_embeddings: false`` reproduces
-          that, the default (the paper's model) learns them.
+          that, the default (the paper's model) learns them. On TikTok the frozen tables validate higher, so
+          the TikTok experiment freezes them (``docs/results.md``).
         * MMRec regularises the preference table of its first modality only; here every modality's (zero by
           default either way: MMRec's first-listed ``reg_weight`` is 0).
         * Convolution, projection and first combination weights are Xavier-normal, as in MMRec; MMRec ranks from
