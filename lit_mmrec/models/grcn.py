@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_mmrec.models.base import RecommenderModule
-from lit_mmrec.models.components import bpr_loss, gather_rows, squared_norm
+from lit_mmrec.models.components import bpr_loss, gather_rows, mean_triplet_penalty, squared_norm
 from lit_mmrec.models.components.edges import InteractionEdges, edge_softmax
 
 WeightMode = Literal["confid", "max", "mean"]
@@ -148,11 +148,9 @@ class GRCN(RecommenderModule):
         u, p, n = (gather_rows(nodes, rows) for rows in (users, positives + self.n_users, negatives + self.n_users))
         losses = {"bpr": bpr_loss((u * p).sum(dim=1), (u * n).sum(dim=1))}
         if self.reg_weight > 0:
-            eu, ep, en = self.input_rows(users, positives, negatives)
-            batch, dim = users.shape[0], self.embedding.shape[1]
-            penalty = (2 * squared_norm(eu) + squared_norm(ep) + squared_norm(en)) / (2 * batch * dim)
+            penalty = mean_triplet_penalty(*self.input_rows(users, positives, negatives))
             for table in self.preferences.values():
                 penalty = penalty + squared_norm(table) / table.numel()
-                penalty = penalty + squared_norm(gather_rows(table, users)) / (batch * table.shape[1])
+                penalty = penalty + squared_norm(gather_rows(table, users)) / (users.shape[0] * table.shape[1])
             losses["reg"] = self.reg_weight * penalty
         return losses

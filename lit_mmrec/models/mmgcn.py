@@ -12,7 +12,14 @@ from torch import nn
 
 from lit_mmrec.data.graphs import square_csr
 from lit_mmrec.models.base import RecommenderModule
-from lit_mmrec.models.components import bpr_loss, entry_rows, gather_rows, sparse_matmul, squared_norm
+from lit_mmrec.models.components import (
+    bpr_loss,
+    entry_rows,
+    gather_rows,
+    mean_triplet_penalty,
+    sparse_matmul,
+    squared_norm,
+)
 
 Combination = Literal["concat", "add"]
 
@@ -180,9 +187,7 @@ class MMGCN(RecommenderModule):
         u, p, n = (gather_rows(nodes, rows) for rows in (users, positives + self.n_users, negatives + self.n_users))
         losses = {"bpr": bpr_loss((u * p).sum(dim=1), (u * n).sum(dim=1))}
         if self.reg_weight > 0:
-            eu, ep, en = self.input_rows(users, positives, negatives)
-            batch, dim = users.shape[0], self.embedding.shape[1]
-            penalty = (2 * squared_norm(eu) + squared_norm(ep) + squared_norm(en)) / (2 * batch * dim)
+            penalty = mean_triplet_penalty(*self.input_rows(users, positives, negatives))
             for branch in self.branches.values():
                 penalty = penalty + squared_norm(branch.preference) / branch.preference.numel()
             losses["reg"] = self.reg_weight * penalty

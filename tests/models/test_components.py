@@ -15,6 +15,7 @@ from lit_mmrec.models.components import (
     info_nce_against,
     inner_product_scores,
     l2_regularisation,
+    mean_triplet_penalty,
     propagate,
     propagate_rows,
     sparse_matmul,
@@ -190,3 +191,9 @@ def test_inner_product_scores_equal_the_matrix_product(dim):
         torch.testing.assert_close(inner_product_scores(rows[::2], table), expected[::2])  # non-contiguous rows
     torch.testing.assert_close(inner_product_scores(rows, table), expected)  # with autograd on: the plain product
     assert inner_product_scores(torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 4.0], [0.5, -1.0]])).tolist() == [[11.0, -1.5]]
+
+
+def test_mean_triplet_penalty_by_hand():
+    """(2 * 5 + 1 + 4) / (2 * 1 * 2): the user row counts twice, the mean is over the batch's entries."""
+    users, positives, negatives = torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    assert mean_triplet_penalty(users, positives, negatives).item() == pytest.approx(15 / 4)

@@ -39,6 +39,14 @@ def squared_norm(x: torch.Tensor) -> torch.Tensor:
     return _SquaredNorm.apply(x)
 
 
+def mean_triplet_penalty(users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """``(2 ||e_u||^2 + ||e_p||^2 + ||e_n||^2) / (2 B d)`` over a batch's [B, d] input rows: the per-entry mean
+    squared ID rows (the user's counted for its positive and its negative) that MMRec's MMGCN and GRCN
+    regularise."""
+    batch, dim = users.shape
+    return (2 * squared_norm(users) + squared_norm(positives) + squared_norm(negatives)) / (2 * batch * dim)
+
+
 def l2_regularisation(*embeddings: torch.Tensor) -> torch.Tensor:
     """``sum_e ||e||^2 / (2 B)`` over the batch's embeddings, B the batch size (LightGCN's reference)."""
     batch_size = embeddings[0].shape[0]
