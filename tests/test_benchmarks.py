@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import pytest
 import torch
@@ -96,3 +97,35 @@ def test_gpu_check_scripts_parse_and_name_what_exists():
         assert (REPO_ROOT / "configs" / "experiment" / f"{model}_synthetic.yaml").is_file(), model
     for path in re.findall(r"(benchmarks/\w+\.py|configs/experiment/\w+\.yaml)", text):
         assert (REPO_ROOT / path).is_file(), path
+
+
+def test_scaling_measures_every_stage_and_fits_growth_exponents(tmp_path):
+    """One child process runs setup, an epoch and a validation pass on a generated dataset and reports each;
+    the growth exponent is the log-log slope (hand values: cost ~ n^1.5 over interactions, ~ n^3 over items)."""
+    import argparse
+
+    scaling = load_script("scaling")
+    data = tmp_path / "tiny.yaml"
+    data.write_text("dataset:\n  class_path: lit_mmrec.data.Synthetic\n  init_args: {n_users: 60, n_items: 40, "
+                    "n_interactions: 600, modalities: {image: 8}, sampler: pooled}\ntrain_batch_size: 128\n")
+    options = argparse.Namespace(experiment="synthetic", memory_cap_gb=8.0, timeout=300.0, output=tmp_path)
+    row = scaling.measure("bpr", str(data), options, [])
+    assert row["status"] == "finished" and "stopped_in" not in row and row["knn_cached"] is False
+    from lit_mmrec.data import Synthetic
+
+    train = Synthetic(n_users=60, n_items=40, n_interactions=600, modalities={"image": 8}, sampler="pooled").load().train
+    assert (row["users"], row["items"], row["interactions"]) == (60, 40, train.nnz)
+    assert row["steps"] == math.ceil(train.nnz / 128)  # one epoch of BPR triplets in batches of 128
+    for stage in scaling.STAGES:
+        assert row[f"{stage}_seconds"] > 0 and row[f"{stage}_peak_gb"] > 0.05
+    assert row["setup_peak_gb"] <= row["epoch_peak_gb"] <= row["validation_peak_gb"]  # a running peak
+    assert 0.0 <= row["recall20"] <= 1.0
+
+    assert scaling.growth_exponent([10.0, 40.0, 160.0], [1.0, 8.0, 64.0]) == pytest.approx(1.5)
+    assert math.isnan(scaling.growth_exponent([10.0, 10.0], [1.0, 2.0]))
+    rows = [{"model": "m", "scale": s, "status": "finished", "users": 1, "items": i, "interactions": n,
+             "epoch_seconds": t, "epoch_peak_gb": 1.0} for s, i, n, t in (("a", 2, 100, 1.0), ("b", 4, 400, 8.0))]
+    rows.append({"model": "m", "scale": "c", "status": "stopped: over 1 s", "stopped_in": "setup"})
+    scaling.write_outputs(rows, tmp_path)
+    table = (tmp_path / "scaling.md").read_text()
+    assert "| m | 1.50 / 3.00 | 0.00 / 0.00 |  /  |  /  |" in table and "stopped: over 1 s" in table
