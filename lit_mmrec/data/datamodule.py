@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_mmrec.data.graphs import (
+    KnnSearch,
     KnnWeighting,
     RecGraphs,
     cached_item_item_knn_graph,
@@ -35,6 +36,9 @@ class RecDataModule(L.LightningDataModule):
         knn_k: neighbours per item in the item-item KNN graphs.
         knn_weighting: ``binary`` edges (DiffCL eq 19) or cosine-``similarity`` weights.
         knn_include_self: whether an item may be its own neighbour (MMRec's FREEDOM/LATTICE: yes).
+        knn_search: ``exact`` (every pair, block-wise) or ``ivf`` (faiss's inverted-file index, approximate).
+        knn_lists: with ``ivf``, the index's cells (default ``4 sqrt(n_items)``).
+        knn_probe: with ``ivf``, the cells searched per item (more: slower, closer to exact).
         cache_dir: where KNN graphs are cached (default ``$LIT_MMREC_CACHE`` or ``~/.cache/lit_mmrec``);
             set ``use_cache: false`` to always rebuild.
         train_batch_size: BPR triplets per training step.
@@ -50,6 +54,9 @@ class RecDataModule(L.LightningDataModule):
         knn_k: int = 10,
         knn_weighting: KnnWeighting = "binary",
         knn_include_self: bool = True,
+        knn_search: KnnSearch = "exact",
+        knn_lists: int | None = None,
+        knn_probe: int = 32,
         cache_dir: str | None = None,
         use_cache: bool = True,
         train_batch_size: int = 2048,
@@ -63,6 +70,7 @@ class RecDataModule(L.LightningDataModule):
         self.knn_k = knn_k
         self.knn_weighting = knn_weighting
         self.knn_include_self = knn_include_self
+        self.knn_search, self.knn_lists, self.knn_probe = knn_search, knn_lists, knn_probe
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.use_cache = use_cache
         self.train_batch_size = train_batch_size
@@ -112,7 +120,7 @@ class RecDataModule(L.LightningDataModule):
             name: scipy_to_torch_csr(
                 cached_item_item_knn_graph(
                     features, self.knn_k, self.knn_weighting, self.knn_include_self,
-                    self.cache_dir if self.use_cache else None,
+                    self.cache_dir if self.use_cache else None, self.knn_search, self.knn_lists, self.knn_probe,
                 )
             )
             for name, features in data.features.items()

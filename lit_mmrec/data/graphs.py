@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import torch
 
 KnnWeighting = Literal["binary", "similarity"]
+KnnSearch = Literal["exact", "ivf"]
 
 
 def scipy_to_torch_csr(matrix: sp.spmatrix) -> torch.Tensor:
@@ -165,23 +166,72 @@ def knn_neighbours(normalised: torch.Tensor, k: int, include_self: bool = True, 
     return torch.cat(values), torch.cat(indices)
 
 
+def ivf_knn_neighbours(normalised: torch.Tensor, k: int, include_self: bool = True, n_lists: int | None = None,
+                       n_probe: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Approximate :func:`knn_neighbours` with faiss's inverted-file index (``IndexIVFFlat``, inner product).
+
+    The unit-norm rows are clustered into ``n_lists`` cells (k-means on at most 64 rows per cell; default
+    ``4 sqrt(n)`` cells, at most n / 39 so that faiss has its 39 training rows per cell); each row is compared with the rows of its ``n_probe`` nearest cells only, so the
+    cost is about ``n * n * n_probe / n_lists`` products instead of ``n * n``. With ``n_probe = n_lists``
+    the search is exhaustive and equals the exact one. Needs ``pip install faiss-cpu``.
+    """
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("knn_search: ivf needs faiss: pip install faiss-cpu (or lit_mmrec[ann]); or set "
+                          "knn_search: exact") from None
+    x = np.ascontiguousarray(normalised.detach().cpu().numpy(), dtype=np.float32)
+    n_items, width = x.shape
+    if not 0 < k < n_items + (1 if include_self else 0):
+        raise ValueError(f"knn k={k} must be between 1 and the number of candidate neighbours ({n_items})")
+    n_lists = min(n_items, n_lists or max(1, min(int(4 * n_items**0.5), n_items // 39)))
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(width), width, n_lists, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(0).permutation(n_items)[: 64 * n_lists]
+    index.train(x[np.sort(sample)])
+    index.add(x)
+    index.nprobe = min(n_probe, n_lists)
+    wanted = k + (0 if include_self else 1)
+    values, indices = index.search(x, wanted)  # [n, wanted], best first; -1 where the probed cells ran out
+    if not include_self:  # drop each row's own entry, or its last one where it is not among the results
+        own = indices == np.arange(n_items)[:, None]
+        own[~own.any(axis=1), -1] = True
+        keep = np.argsort(own, axis=1, kind="stable")[:, :k]
+        values, indices = np.take_along_axis(values, keep, 1), np.take_along_axis(indices, keep, 1)
+    if (indices < 0).any():
+        raise ValueError(f"knn_search: ivf found fewer than k={k} neighbours for {int((indices < 0).any(1).sum())} "
+                         f"items in their {index.nprobe} probed cells of {n_lists}; raise knn_probe or lower "
+                         f"knn_lists")
+    return torch.from_numpy(values), torch.from_numpy(indices.astype(np.int64))
+
+
 def item_item_knn_graph(
     features: np.ndarray | torch.Tensor,
     k: int = 10,
     weighting: KnnWeighting = "binary",
     include_self: bool = True,
     block_size: int = 1024,
+    search: KnnSearch = "exact",
+    ivf_lists: int | None = None,
+    ivf_probe: int = 32,
 ) -> sp.csr_matrix:
     """Top-k cosine-similarity neighbours of each item, symmetrically normalised (DiffCL eq 18-21).
 
-    Similarities are computed ``block_size`` rows at a time (:func:`knn_neighbours`), so no items x items
-    dense matrix is held. Each row keeps its ``k`` most similar items (edges of weight 1 for ``binary``,
+    ``exact`` search computes similarities ``block_size`` rows at a time (:func:`knn_neighbours`), so no
+    items x items dense matrix is held; ``ivf`` searches faiss's inverted-file index
+    (:func:`ivf_knn_neighbours`, ``ivf_lists`` cells, ``ivf_probe`` probed), for catalogues where n^2
+    products take too long. Each row keeps its ``k`` most similar items (edges of weight 1 for ``binary``,
     the cosine similarity for ``similarity``, negative similarities clipped to 0). With ``include_self``
     the item itself may be among its neighbours, as in MMRec's LATTICE/FREEDOM code, where
     self-similarity 1 always ranks first. The result is ``D^-1/2 S D^-1/2`` with D the row sums of S.
     """
     x = torch.nn.functional.normalize(torch.as_tensor(features, dtype=torch.float32), dim=1)
-    top_values, top_indices = knn_neighbours(x, k, include_self, block_size)
+    if search == "exact":
+        top_values, top_indices = knn_neighbours(x, k, include_self, block_size)
+    elif search == "ivf":
+        top_values, top_indices = ivf_knn_neighbours(x, k, include_self, ivf_lists, ivf_probe)
+    else:
+        raise ValueError(f"knn search must be 'exact' or 'ivf', got {search!r}")
     n_items = x.shape[0]
     row = torch.arange(n_items).repeat_interleave(k).numpy()
     col = top_indices.reshape(-1).numpy()
@@ -238,17 +288,22 @@ def cached_item_item_knn_graph(
     weighting: KnnWeighting,
     include_self: bool,
     cache_dir: Path | None,
+    search: KnnSearch = "exact",
+    ivf_lists: int | None = None,
+    ivf_probe: int = 32,
 ) -> sp.csr_matrix:
     """:func:`item_item_knn_graph`, cached on disk under a hash of the features and the parameters."""
+    options = dict(search=search, ivf_lists=ivf_lists, ivf_probe=ivf_probe)
     if cache_dir is None:
-        return item_item_knn_graph(features, k, weighting, include_self)
+        return item_item_knn_graph(features, k, weighting, include_self, **options)
     digest = hashlib.blake2b(digest_size=16)
     digest.update(np.ascontiguousarray(features, dtype=np.float32).tobytes())
-    digest.update(f"{features.shape}|k={k}|w={weighting}|self={include_self}|v1".encode())
+    search_key = "" if search == "exact" else f"|ivf={ivf_lists},{ivf_probe}"  # exact keeps its earlier key
+    digest.update(f"{features.shape}|k={k}|w={weighting}|self={include_self}{search_key}|v1".encode())
     path = Path(cache_dir) / f"knn-{digest.hexdigest()}.npz"
     if path.is_file():
         return sp.load_npz(path).tocsr()
-    graph = item_item_knn_graph(features, k, weighting, include_self)
+    graph = item_item_knn_graph(features, k, weighting, include_self, **options)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".{os.getpid()}.tmp.npz")
     sp.save_npz(temporary, graph)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -73,11 +75,44 @@ def test_knn_blocks_do_not_change_the_result():
     np.testing.assert_allclose(whole.toarray(), blocked.toarray(), rtol=1e-6)
 
 
+def _clustered(n: int = 800, width: int = 16, clusters: int = 20) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(clusters, width))
+    return (centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, width))).astype(np.float32)
+
+
+def test_ivf_search_probing_every_cell_is_the_exact_search():
+    pytest.importorskip("faiss")
+    from lit_mmrec.data.graphs import ivf_knn_neighbours, knn_neighbours
+
+    x = torch.nn.functional.normalize(torch.from_numpy(_clustered()), dim=1)
+    for include_self in (True, False):
+        exact_values, exact_indices = knn_neighbours(x, 5, include_self)
+        values, indices = ivf_knn_neighbours(x, 5, include_self, n_lists=10, n_probe=10)
+        assert (indices.sort(1).values == exact_indices.sort(1).values).all()
+        torch.testing.assert_close(values, exact_values, atol=1e-5, rtol=0)
+        assert include_self or not (indices == torch.arange(len(x))[:, None]).any()
+
+
+def test_ivf_graph_is_close_to_exact_and_probing_fewer_cells_finds_fewer():
+    """On clustered features the default index finds most exact neighbours; one probed cell finds fewer."""
+    pytest.importorskip("faiss")
+    features = _clustered()
+    exact = item_item_knn_graph(features, k=5, include_self=False) > 0
+    recall = {probe: (exact.multiply(item_item_knn_graph(features, k=5, include_self=False, search="ivf",
+                                                        ivf_probe=probe) > 0).nnz / exact.nnz) for probe in (1, 8)}
+    assert recall[8] > 0.95 and recall[1] < recall[8]
+    with pytest.raises(ValueError, match="raise knn_probe"):  # one cell of one item cannot give 5 neighbours
+        item_item_knn_graph(features, k=5, search="ivf", ivf_lists=800, ivf_probe=1)
+
+
 def test_knn_rejects_bad_arguments():
     with pytest.raises(ValueError, match="knn k"):
         item_item_knn_graph(FEATURES, k=5, include_self=False)
     with pytest.raises(ValueError, match="weighting"):
         item_item_knn_graph(FEATURES, k=2, weighting="cosine")
+    with pytest.raises(ValueError, match="search"):
+        item_item_knn_graph(FEATURES, k=2, search="annoy")
 
 
 def test_knn_cache_roundtrip(tmp_path):
@@ -88,6 +123,9 @@ def test_knn_cache_roundtrip(tmp_path):
     np.testing.assert_array_equal(first.toarray(), second.toarray())
     cached_item_item_knn_graph(FEATURES, 3, "binary", True, tmp_path)  # other parameters, other key
     assert len(list(tmp_path.glob("knn-*.npz"))) == 2
+    if importlib.util.find_spec("faiss") is not None:  # an approximate search is never read as the exact one
+        cached_item_item_knn_graph(FEATURES, 2, "binary", True, tmp_path, search="ivf", ivf_lists=1)
+        assert len(list(tmp_path.glob("knn-*.npz"))) == 3
 
 
 def test_scipy_to_torch_csr_roundtrip():
