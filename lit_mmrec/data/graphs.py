@@ -297,7 +297,7 @@ def cached_item_item_knn_graph(
     if cache_dir is None:
         return item_item_knn_graph(features, k, weighting, include_self, **options)
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(np.ascontiguousarray(features, dtype=np.float32).tobytes())
+    digest.update(np.ascontiguousarray(features, dtype=np.float32).data)  # the buffer itself, not a copy
     search_key = "" if search == "exact" else f"|ivf={ivf_lists},{ivf_probe}"  # exact keeps its earlier key
     digest.update(f"{features.shape}|k={k}|w={weighting}|self={include_self}{search_key}|v1".encode())
     path = Path(cache_dir) / f"knn-{digest.hexdigest()}.npz"
