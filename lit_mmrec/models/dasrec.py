@@ -35,6 +35,7 @@ from lit_mmrec.models.components.graph_generation import (
 from lit_mmrec.models.components.precision import ProductPrecision, compute_dtype, warn_if_emulated
 
 ContrastiveNegatives = Literal["batch", "all"]
+DiffusionPass = Literal["interleaved", "epoch_start"]
 
 
 class DASRec(RecommenderModule):
@@ -112,6 +113,15 @@ class DASRec(RecommenderModule):
           (rows, item ID embeddings, projected features) are detached, so the diffusion and
           signal-injection losses train only the denoisers and the attention (DiffMM's separate
           optimisers, in one).
+        * ``diffusion_pass``: ``interleaved`` (default) is the schedule above; ``epoch_start`` is DiffMM's
+          public code: at the start of every epoch, before the graphs are rebuilt, one pass over a
+          permutation of all users in batches of ``diffusion_batch_size`` (1,024 when None) trains the
+          denoisers and the attention with an Adam of their own (the optimizer's learning rate times
+          ``denoiser_lr_scale``, no weight decay; DiffMM keeps one Adam per denoiser, the same per-parameter
+          updates since each denoiser's loss reaches only its own weights), the graphs are then generated
+          from the updated denoisers, and the recommendation steps carry no diffusion terms. Under DDP each
+          process diffuses its share of the users and the denoisers' gradients are averaged before each
+          step. The pass's optimizer state is saved in checkpoints, so resuming is exact.
         * ``diffusion_batch_size``: ``None`` (default) spreads the epoch's users over every step, as
           above; an integer diffuses DiffMM's batches of that many users (DiffMM: 1024, its ``batch``),
           one batch on each of ``ceil(users / diffusion_batch_size)`` evenly spaced steps, the others
@@ -202,6 +212,7 @@ class DASRec(RecommenderModule):
         denoiser_lr_scale: the denoisers' learning rate as a multiple of the optimizer's.
         diffusion_weight: weight of the x0 objective in the total loss.
         diffusion_batch_size: users per diffusion batch (None: every step diffuses its share of users).
+        diffusion_pass: ``interleaved`` with the recommendation steps, or DiffMM's own pass at ``epoch_start``.
         use_modality_attention: per-user modality attention (eq 18; False: DASRec-a, uniform weights).
         attention_heads: scoring heads of the attention.
         attention_hidden: hidden width of each attention head.
@@ -255,6 +266,7 @@ class DASRec(RecommenderModule):
         denoiser_lr_scale: float = 1.0,
         diffusion_weight: float = 1.0,
         diffusion_batch_size: int | None = None,
+        diffusion_pass: DiffusionPass = "interleaved",
         # attention and signal injection
         use_modality_attention: bool = True,
         attention_heads: int = 4,
@@ -293,6 +305,11 @@ class DASRec(RecommenderModule):
                              f"got {diffusion_batch_size}")
         if denoiser_lr_scale <= 0:
             raise ValueError(f"denoiser_lr_scale must be positive, got {denoiser_lr_scale}")
+        if diffusion_pass not in ("interleaved", "epoch_start"):
+            raise ValueError(f"diffusion_pass must be 'interleaved' or 'epoch_start', got {diffusion_pass!r}")
+        self.diffusion_pass = diffusion_pass
+        self._pass_optimizer: torch.optim.Optimizer | None = None
+        self._pass_optimizer_state: dict[str, Any] | None = None  # read from a checkpoint before fitting starts
         self.modalities = list(self.feature_dims)
         self.n_layers = n_layers
         self.use_diffusion_graphs = use_diffusion_graphs
@@ -339,6 +356,9 @@ class DASRec(RecommenderModule):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The denoisers learn at ``denoiser_lr_scale`` times the optimizer's rate (DiffMM gives them an
         optimizer of their own), everything else at the optimizer's."""
+        if self.generator is not None and self.diffusion_pass == "epoch_start":  # they have an Adam of their own
+            generating = {id(p) for p in self.generator.parameters()}
+            return [{"params": [p for p in self.parameters() if id(p) not in generating]}]
         if self.generator is None or self.denoiser_lr_scale == 1.0:
             return super().parameter_groups()
         denoising = {id(p) for p in self.generator.denoisers.parameters()}
@@ -427,6 +447,8 @@ class DASRec(RecommenderModule):
         if not self.use_diffusion_graphs:
             return
         epoch = self.current_epoch
+        if self.diffusion_pass == "epoch_start":
+            self.train_denoisers(epoch)
         if epoch % self.rebuild_every_n_epochs == 0:
             self.generator.edges, self._graphs_eval = None, {}
         graphs_eval = self._ensure_eval_graphs()
@@ -444,7 +466,49 @@ class DASRec(RecommenderModule):
                 "steps only, which DDP rejects unless it looks for unused parameters: set "
                 "trainer.strategy to ddp_find_unused_parameters_true, or diffusion_batch_size to null")
 
+    def pass_optimizer(self) -> torch.optim.Optimizer:
+        """The Adam of ``diffusion_pass: epoch_start`` over the generator's parameters (created on first use,
+        with the state a checkpoint carried)."""
+        if self._pass_optimizer is None:
+            main = self.trainer.optimizers[0] if self._trainer is not None and self.trainer.optimizers else None
+            lr = (main.defaults["lr"] if main is not None else 1e-3) * self.denoiser_lr_scale
+            self._pass_optimizer = torch.optim.Adam(self.generator.parameters(), lr=lr)
+            if self._pass_optimizer_state is not None:
+                self._pass_optimizer.load_state_dict(self._pass_optimizer_state)
+                self._pass_optimizer_state = None
+        return self._pass_optimizer
+
+    def train_denoisers(self, epoch: int) -> dict[str, float]:
+        """DiffMM's diffusion pass (``diffusion_pass: epoch_start``): every user's row once, in batches of
+        ``diffusion_batch_size`` (1,024 when None), one step of the pass's Adam per batch; returns the mean
+        losses, also logged as ``train/diffusion_pass`` and ``train/msi_pass``."""
+        optimizer = self.pass_optimizer()
+        world = self.trainer.world_size if self._trainer is not None else 1
+        plan = diffusion_plan(self.n_users, self.n_users, self.diffusion_batch_size or 1024,
+                              seed=int(getattr(self.trainer.datamodule, "seed", 0)) if self._trainer else 0,
+                              epoch=epoch, rank=self.global_rank, world_size=world, device=self.id_embedding.device)
+        totals = torch.zeros(2, device=self.id_embedding.device)
+        for users in plan.values():  # the batches of one permutation, in order
+            optimizer.zero_grad(set_to_none=True)
+            diffusion_loss, signal_loss = self.diffusion_losses(users)
+            (self.diffusion_weight * diffusion_loss + self.lambda_msi * signal_loss).backward()
+            if world > 1:  # DDP does not see this pass: average the gradients by hand
+                for parameter in self.generator.parameters():
+                    if parameter.grad is not None:
+                        torch.distributed.all_reduce(parameter.grad)
+                        parameter.grad /= world
+            optimizer.step()
+            totals += torch.stack([diffusion_loss.detach(), signal_loss.detach()])
+        means = {"diffusion_pass": float(totals[0]) / len(plan), "msi_pass": float(totals[1]) / len(plan)}
+        if self._trainer is not None:
+            for name, value in means.items():
+                self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True)
+        return means
+
     def _plan_diffusion_users(self, epoch: int) -> None:
+        if self.diffusion_pass == "epoch_start":  # the denoisers trained before the graphs were rebuilt
+            self._diffusion_plan = {}
+            return
         self._diffusion_plan = diffusion_plan(
             self.n_users, int(self.trainer.num_training_batches), self.diffusion_batch_size,
             seed=int(getattr(self.trainer.datamodule, "seed", 0)), epoch=epoch, rank=self.global_rank,
@@ -576,11 +640,14 @@ class DASRec(RecommenderModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.generator is not None and self.generator.edges is not None:
             checkpoint["dasrec_generated_edges"] = {m: e.cpu() for m, e in self.generator.edges.items()}
+        if self._pass_optimizer is not None:
+            checkpoint["dasrec_pass_optimizer"] = self._pass_optimizer.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
         for old in [k for k in state if k.startswith(("denoisers.", "attention."))]:  # written before the generator
             state[f"generator.{old}"] = state.pop(old)
+        self._pass_optimizer, self._pass_optimizer_state = None, checkpoint.get("dasrec_pass_optimizer")
         edges = checkpoint.get("dasrec_generated_edges")
         if self.generator is not None:
             self.generator.edges = None if edges is None else dict(edges)

@@ -7,7 +7,7 @@ import inspect
 from typing import Any, Literal
 
 from lit_mmrec.models.components.precision import ProductPrecision
-from lit_mmrec.models.dasrec import ContrastiveNegatives, DASRec
+from lit_mmrec.models.dasrec import ContrastiveNegatives, DASRec, DiffusionPass
 
 ContrastAnchor = Literal["modalities", "main"]
 
@@ -47,11 +47,12 @@ class DiffMM(DASRec):
 
     Where this runs DiffMM's method differently (engineering, not modelling):
         * DiffMM trains the denoisers in a separate pass over all users at the start of each epoch, with
-          their own Adam optimisers, then rebuilds the graphs, then trains the recommender. Here graphs are
-          rebuilt at the start of each epoch from the denoisers as they stand (one diffusion pass behind
-          DiffMM's), and the diffusion batches
+          their own Adam optimisers, then rebuilds the graphs, then trains the recommender. By default
+          (``diffusion_pass: interleaved``) graphs are rebuilt at the start of each epoch from the denoisers
+          as they stand (one diffusion pass behind DiffMM's), and the diffusion batches
           (``diffusion_batch_size``, DiffMM's 1,024 users) are interleaved with the recommendation steps
           under one Adam optimiser; the denoisers' inputs are detached, so their losses train only them.
+          ``diffusion_pass: epoch_start`` runs DiffMM's schedule (see DASRec's docstring).
         * One noise draw per row is shared by the modalities' denoisers (DiffMM draws one per denoiser).
         * Edge dropout keeps or drops an edge's two directions together (DiffMM draws each stored entry,
           self-loops included, on its own), and evaluation uses the generated graphs without it (DiffMM
@@ -67,6 +68,7 @@ class DiffMM(DASRec):
         contrast_with: ``modalities`` contrasts each pair of modality views (DiffMM's default, ``cl_method``
             0); ``main`` contrasts each modality view with the main representation (``cl_method`` 1, its
             TikTok command).
+        diffusion_pass: ``interleaved`` with the recommendation steps, or DiffMM's own pass at ``epoch_start``.
         graph_top_k: DiffMM's ``rebuild_k`` (5), edges per user in each generated graph.
         first_step_noise: the first diffusion step's noise ``1 - gamma_1``; DiffMM's code builds its betas
             from the linear schedule, then sets the first to 1e-4 (``beta_fixed``) instead of ``s * gamma_min``.
@@ -92,6 +94,7 @@ class DiffMM(DASRec):
         denoiser_dropout: float = 0.5,
         denoiser_precision: ProductPrecision = "float32",
         diffusion_batch_size: int | None = 1024,
+        diffusion_pass: DiffusionPass = "interleaved",
         lambda_msi: float = 0.1,
         graph_top_k: int = 5,
         graph_keep_rate: float = 0.5,
@@ -115,7 +118,7 @@ class DiffMM(DASRec):
             first_step_noise=first_step_noise, sampling_steps=0,
             reweight_steps=True, denoiser_hidden=denoiser_hidden, denoiser_time_dim=denoiser_time_dim,
             denoiser_dropout=denoiser_dropout, denoiser_precision=denoiser_precision,
-            diffusion_batch_size=diffusion_batch_size, use_modality_attention=False, lambda_msi=lambda_msi,
+            diffusion_batch_size=diffusion_batch_size, diffusion_pass=diffusion_pass, use_modality_attention=False, lambda_msi=lambda_msi,
             signal_features="projected", fused_signal_injection=False, similarity_threshold=float("-inf"),
             threshold_on="prediction",
             graph_top_k=graph_top_k, graph_keep_rate=graph_keep_rate, rebuild_every_n_epochs=1,
