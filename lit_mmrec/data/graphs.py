@@ -148,22 +148,28 @@ def knn_neighbours(normalised: torch.Tensor, k: int, include_self: bool = True, 
     """Each row's ``k`` largest cosine similarities and their columns [n, k], for unit-norm rows.
 
     Computed ``block_size`` rows at a time (no n x n matrix is held) and without gradient. Without
-    ``include_self`` an item is never its own neighbour.
+    ``include_self`` an item is never its own neighbour. The similarity block and the results are
+    allocated once and written in place: with freed memory kept for reuse
+    (:func:`lit_mmrec.runtime.keep_freed_memory_for_reuse`), a fresh block per step fragments the heap, and
+    at Electronics scale (63,001 x 4,096) the process grew by about 11 GB.
     """
     n_items = normalised.shape[0]
     if not 0 < k < n_items + (1 if include_self else 0):
         raise ValueError(f"knn k={k} must be between 1 and the number of candidate neighbours ({n_items})")
-    values, indices = [], []
+    values = torch.empty(n_items, k, dtype=normalised.dtype, device=normalised.device)
+    indices = torch.empty(n_items, k, dtype=torch.long, device=normalised.device)
+    block = torch.empty(min(block_size, n_items), n_items, dtype=normalised.dtype, device=normalised.device)
     with torch.no_grad():
         for start in range(0, n_items, block_size):  # blocks of items, vectorised inside
-            similarity = normalised[start : start + block_size] @ normalised.T  # [block, n_items]
+            rows = normalised[start : start + block_size]
+            similarity = block[: len(rows)]
+            torch.matmul(rows, normalised.T, out=similarity)  # [block, n_items]
             if not include_self:
                 local = torch.arange(len(similarity), device=similarity.device)
                 similarity[local, local + start] = -torch.inf
-            top_values, top_indices = similarity.topk(k, dim=1)
-            values.append(top_values)
-            indices.append(top_indices)
-    return torch.cat(values), torch.cat(indices)
+            torch.topk(similarity, k, dim=1, out=(values[start : start + block_size],
+                                                  indices[start : start + block_size]))
+    return values, indices
 
 
 def ivf_knn_neighbours(normalised: torch.Tensor, k: int, include_self: bool = True, n_lists: int | None = None,
