@@ -13,7 +13,8 @@ place of the experiment's, and measures three stages in order:
 Each stage reports its seconds and the process's peak RSS so far (``ru_maxrss``: it includes the stages
 before). The parent polls the child's RSS and stops it above ``--memory-cap-gb`` or after ``--timeout``
 seconds; the row then names the stage that did not finish and why. Rows are appended to
-``<output>/scaling.jsonl`` (a (model, scale) already there is skipped, so a run can be continued), and every
+``<output>/scaling.jsonl`` (a (model, scale) already there is skipped, so a run can be continued; a row that
+failed with an error is measured again), and every
 call rewrites from all rows ``scaling.md`` (the table, and per model the growth exponent: the slope of
 log(cost) against log(training interactions) and against log(items), least squares over the scales it
 finished) and ``scaling.png`` (log-log, time and memory against interactions and items).
@@ -132,7 +133,9 @@ def measure(model: str, scale: str, args: argparse.Namespace, extra: list[str]) 
                  if config.is_relative_to(REPO_ROOT) else config), "status": "finished", "knn_cached": cached}
     start, rss_seen = time.monotonic(), 0.0
     with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+        # the experiment's own data config is replaced by the scale's, so the folder it names is never read
+        env = {"LIT_MMREC_DATA": str(args.output), **os.environ}
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
         reader.start()
@@ -249,13 +252,13 @@ def main() -> None:
     rows = [json.loads(line) for line in store.read_text().splitlines()] if store.is_file() else []
     for scale in args.scales:
         for model in args.models:
-            if any(r["model"] == model and r["scale"] == scale for r in rows):
-                continue
+            earlier = [r for r in rows if r["model"] == model and r["scale"] == scale]
+            if earlier and not earlier[-1]["status"].startswith("failed"):
+                continue  # finished, or stopped by the memory cap or the timeout; a failed row is measured again
             row = measure(model, scale, args, extra)
             print(json.dumps(row), flush=True)
-            rows.append(row)
-            with store.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            rows = [r for r in rows if not (r["model"] == model and r["scale"] == scale)] + [row]
+            store.write_text("".join(json.dumps(r) + "\n" for r in rows))
             write_outputs(rows, args.output)
     write_outputs(rows, args.output)
 
