@@ -150,8 +150,8 @@ def knn_neighbours(normalised: torch.Tensor, k: int, include_self: bool = True, 
     Computed ``block_size`` rows at a time (no n x n matrix is held) and without gradient. Without
     ``include_self`` an item is never its own neighbour. The similarity block and the results are
     allocated once and written in place: with freed memory kept for reuse
-    (:func:`lit_mmrec.runtime.keep_freed_memory_for_reuse`), a fresh block per step fragments the heap, and
-    at Electronics scale (63,001 x 4,096) the process grew by about 11 GB.
+    (:func:`lit_mmrec.runtime.keep_freed_memory_for_reuse`), a fresh block per step fragments the heap and
+    the process grows with every block (docs/benchmarks.md).
     """
     n_items = normalised.shape[0]
     if not 0 < k < n_items + (1 if include_self else 0):
