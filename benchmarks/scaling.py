@@ -8,6 +8,9 @@ place of the experiment's, and measures three stages in order:
   first model at a scale builds the KNN graphs into ``<output>/cache``, the later ones read them, which the
   table's ``KNN cached`` column says);
 * ``epoch``: one training epoch with the model's epoch hooks (graph generation and rebuilds), no validation;
+  with ``--train-steps N`` only its first N steps, and the row gives the full epoch's projected seconds:
+  the time before the first step (the epoch-start hooks, such as graph generation) plus the mean step time
+  times the epoch's number of steps;
 * ``validation``: one full-ranking validation pass over every validation user.
 
 Each stage reports its seconds and the process's peak RSS so far (``ru_maxrss``: it includes the stages
@@ -73,6 +76,19 @@ def child(config: Path, data: Path, extra: list[str]) -> None:
     import lightning as L
     import torch
 
+    class StepClock(L.Callback):
+        """When the first training step starts and when the last one ended."""
+
+        first: float | None = None
+        last: float | None = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if self.first is None:
+                self.first = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.last = time.perf_counter()
+
     from lit_mmrec.lightning_cli import build_cli
     from lit_mmrec.runtime import keep_freed_memory_for_reuse
 
@@ -88,15 +104,22 @@ def child(config: Path, data: Path, extra: list[str]) -> None:
                      "--trainer.limit_val_batches", "0", *extra], run=False)
     trainer: L.Trainer = cli.trainer
     evaluators = [cb for cb in trainer.callbacks if type(cb).__name__ == "RankingEvaluator"]
-    trainer.callbacks = list(evaluators)
+    clock = StepClock()
+    trainer.callbacks = [*evaluators, clock]
     start = time.perf_counter()
     cli.datamodule.setup("fit")
     graphs = cli.datamodule.graphs
     report("setup", time.perf_counter() - start, users=graphs.n_users, items=graphs.n_items,
            interactions=int(graphs.train_interactions._nnz()), threads=torch.get_num_threads())
+    epoch_steps = len(cli.datamodule.train_dataloader())
     start = time.perf_counter()
     trainer.fit(cli.model, datamodule=cli.datamodule)
-    report("epoch", time.perf_counter() - start, steps=int(trainer.global_step))
+    seconds, steps = time.perf_counter() - start, int(trainer.global_step)
+    more = {}
+    if steps < epoch_steps and clock.first is not None and clock.last is not None:
+        per_step = (clock.last - clock.first) / steps
+        more = {"epoch_seconds_projected": round(clock.first - start + per_step * epoch_steps, 3)}
+    report("epoch", seconds, steps=steps, epoch_steps=epoch_steps, **more)
     validator = L.Trainer(accelerator=trainer.accelerator, devices=1, logger=False, enable_progress_bar=False,
                           enable_model_summary=False, callbacks=evaluators)
     start = time.perf_counter()
@@ -128,7 +151,9 @@ def measure(model: str, scale: str, args: argparse.Namespace, extra: list[str]) 
             raise SystemExit(f"scaling: {path} does not exist; check {what}")
     cache = args.output / "cache" / data.stem  # the first model at a scale builds the KNN graphs, later ones read them
     cached = cache.is_dir() and any(cache.iterdir())
-    command = [sys.executable, __file__, "--child", str(config), str(data), "--", f"--data.cache_dir={cache}", *extra]
+    steps = [f"--trainer.limit_train_batches={args.train_steps}"] if getattr(args, "train_steps", None) else []
+    command = [sys.executable, __file__, "--child", str(config), str(data), "--", f"--data.cache_dir={cache}",
+               *steps, *extra]
     row: dict = {"model": model, "scale": scale, "config": str(config.relative_to(REPO_ROOT)
                  if config.is_relative_to(REPO_ROOT) else config), "status": "finished", "knn_cached": cached}
     start, rss_seen = time.monotonic(), 0.0
@@ -176,14 +201,27 @@ def growth_exponent(x: list[float], y: list[float]) -> float:
 
 
 COLUMNS = (("setup_seconds", "setup s"), ("setup_peak_gb", "setup peak GB"), ("epoch_seconds", "epoch s"),
-           ("epoch_peak_gb", "epoch peak GB"), ("validation_seconds", "validation s"),
-           ("validation_peak_gb", "validation peak GB"))
+           ("steps", "steps"), ("full_epoch_seconds", "full epoch s"), ("epoch_peak_gb", "epoch peak GB"),
+           ("validation_seconds", "validation s"), ("validation_peak_gb", "validation peak GB"))
+
+
+def with_full_epoch(row: dict) -> dict:
+    """The row with ``full_epoch_seconds``: the measured epoch, or its projection where only part of it ran."""
+    if "epoch_seconds" not in row:
+        return row
+    steps, of = row.get("steps"), row.get("epoch_steps")
+    full = row.get("epoch_seconds_projected", row["epoch_seconds"])
+    return {**row, "full_epoch_seconds": full, "steps": f"{steps:,} of {of:,}" if steps and of and steps < of else steps}
 
 
 def write_outputs(rows: list[dict], output: Path) -> None:
     """``scaling.md`` (table and growth exponents) and ``scaling.png`` from every row so far."""
     def cell(value) -> str:
-        return "" if value is None else (f"{value:,}" if isinstance(value, int) else f"{value:.2f}")
+        if value is None or isinstance(value, str):
+            return value or ""
+        return f"{value:,}" if isinstance(value, int) else f"{value:.2f}"
+
+    rows = [with_full_epoch(row) for row in rows]
 
     lines = ["| model | scale | users | items | training interactions | KNN cached | "
              + " | ".join(n for _, n in COLUMNS) + " | status |", "|" + "---|" * (7 + len(COLUMNS))]
@@ -192,7 +230,8 @@ def write_outputs(rows: list[dict], output: Path) -> None:
                                         ("users", "items", "interactions")], "yes" if row.get("knn_cached") else "no",
                                         *[cell(row.get(k)) for k, _ in COLUMNS], row["status"]]) + " |")
     lines += ["", "Growth exponents (slope of log cost against log training interactions / log items, over the "
-              "scales each model finished):", "", "| model | epoch s | epoch peak GB | validation s | setup s |",
+              "scales each model finished; a partial epoch counts by its projection):", "",
+              "| model | full epoch s | epoch peak GB | validation s | setup s |",
               "|---|---|---|---|---|"]
     by_model: dict[str, list[dict]] = {}
     for row in rows:
@@ -200,7 +239,7 @@ def write_outputs(rows: list[dict], output: Path) -> None:
             by_model.setdefault(row["model"], []).append(row)
     for model, runs in by_model.items():
         cells = []
-        for key in ("epoch_seconds", "epoch_peak_gb", "validation_seconds", "setup_seconds"):
+        for key in ("full_epoch_seconds", "epoch_peak_gb", "validation_seconds", "setup_seconds"):
             done = [r for r in runs if key in r]
             slopes = [growth_exponent([r[axis] for r in done], [r[key] for r in done])
                       for axis in ("interactions", "items")]
@@ -217,7 +256,7 @@ def write_outputs(rows: list[dict], output: Path) -> None:
         return
     figure, axes = plt.subplots(2, 2, figsize=(10, 7.5))
     for model, runs in by_model.items():
-        for i, key in enumerate(("epoch_seconds", "epoch_peak_gb")):
+        for i, key in enumerate(("full_epoch_seconds", "epoch_peak_gb")):
             for j, axis in enumerate(("interactions", "items")):
                 done = sorted((r[axis], r[key]) for r in runs if key in r)
                 if done:
@@ -245,6 +284,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True, help="folder of scaling.jsonl, .md and .png")
     parser.add_argument("--memory-cap-gb", type=float, default=20.0, help="stop a child above this RSS")
     parser.add_argument("--timeout", type=float, default=3600.0, help="stop a child after this many seconds")
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help="time only the epoch's first N steps and project the full epoch from them")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     args.output.mkdir(parents=True, exist_ok=True)

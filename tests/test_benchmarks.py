@@ -119,13 +119,23 @@ def test_scaling_measures_every_stage_and_fits_growth_exponents(tmp_path):
     for stage in scaling.STAGES:
         assert row[f"{stage}_seconds"] > 0 and row[f"{stage}_peak_gb"] > 0.05
     assert row["setup_peak_gb"] <= row["epoch_peak_gb"] <= row["validation_peak_gb"]  # a running peak
-    assert 0.0 <= row["recall20"] <= 1.0
+    assert 0.0 <= row["recall20"] <= 1.0 and "epoch_seconds_projected" not in row
+
+    options.train_steps = 2  # part of an epoch: the full one is projected from its steps
+    part = scaling.measure("bpr", str(data), options, [])
+    assert (part["steps"], part["epoch_steps"]) == (2, row["steps"]) and row["steps"] > 2
+    assert part["epoch_seconds_projected"] > 0 and part["knn_cached"] is True
 
     assert scaling.growth_exponent([10.0, 40.0, 160.0], [1.0, 8.0, 64.0]) == pytest.approx(1.5)
     assert math.isnan(scaling.growth_exponent([10.0, 10.0], [1.0, 2.0]))
     rows = [{"model": "m", "scale": s, "status": "finished", "users": 1, "items": i, "interactions": n,
              "epoch_seconds": t, "epoch_peak_gb": 1.0} for s, i, n, t in (("a", 2, 100, 1.0), ("b", 4, 400, 8.0))]
     rows.append({"model": "m", "scale": "c", "status": "stopped: over 1 s", "stopped_in": "setup"})
+    # a partial epoch (2 of 8 steps, 0.5 s measured) counts by its projection, 64 s = 8 s x 4^1.5 = 8 s x 2^3
+    rows.append({"model": "m", "scale": "d", "status": "finished", "users": 1, "items": 8, "interactions": 1600,
+                 "epoch_seconds": 0.5, "steps": 2, "epoch_steps": 8, "epoch_seconds_projected": 64.0,
+                 "epoch_peak_gb": 1.0})
     scaling.write_outputs(rows, tmp_path)
     table = (tmp_path / "scaling.md").read_text()
     assert "| m | 1.50 / 3.00 | 0.00 / 0.00 |  /  |  /  |" in table and "stopped: over 1 s" in table
+    assert "| 0.50 | 2 of 8 | 64.00 |" in table
