@@ -121,3 +121,18 @@ def test_configs_state_only_what_differs_from_the_class_defaults(path: Path):
     if path.parent.name == "model":
         assert set(model.get("init_args") or {}) <= {"optimizer", "scheduler"}, \
             f"{path.name} sets more than the optimizer and its schedule"
+
+
+def test_split_overlay_keeps_the_experiment_and_resplits_tiktok(tmp_path: Path, monkeypatch):
+    from lit_mmrec.data import Resplit
+    from tests.conftest import require_dataset
+
+    monkeypatch.setenv("LIT_MMREC_DATA", str(require_dataset("tiktok").parent))
+    common = ["--trainer.default_root_dir", str(tmp_path), "--data.cache_dir", str(tmp_path / "cache")]
+    experiment = str(CONFIGS / "experiment" / "lightgcn_tiktok.yaml")
+    published = build_cli(["--config", experiment, *common], run=False)
+    resplit = build_cli(["--config", experiment, "--config", str(CONFIGS / "split" / "tiktok_resplit.yaml"), *common],
+                        run=False)
+    assert isinstance(resplit.datamodule.source, Resplit) and resplit.datamodule.source.seed == 7
+    assert dict(resplit.model.hparams) == dict(published.model.hparams)
+    assert resplit.datamodule.data.valid.nnz == 3099 and published.datamodule.data.valid.nnz == 3051

@@ -3,7 +3,7 @@
 from lit_mmrec.data.datamodule import RecDataModule
 from lit_mmrec.data.graphs import RecGraphs, item_item_knn_graph, sym_norm_adjacency
 from lit_mmrec.data.interactions import DataFormatError, InteractionData
-from lit_mmrec.data.readers import DatasetSource, DiffMMPickles, MMRecAtomic
+from lit_mmrec.data.readers import DatasetSource, DiffMMPickles, MMRecAtomic, Resplit
 from lit_mmrec.data.sampling import BPRTriplets, RankingBatch, RankingBatches
 from lit_mmrec.data.synthetic import Synthetic
 
@@ -18,6 +18,7 @@ __all__ = [
     "RankingBatches",
     "RecDataModule",
     "RecGraphs",
+    "Resplit",
     "Synthetic",
     "item_item_knn_graph",
     "sym_norm_adjacency",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lit_mmrec.data import DataFormatError, DiffMMPickles, MMRecAtomic
+from lit_mmrec.data import DataFormatError, DatasetSource, DiffMMPickles, InteractionData, MMRecAtomic, Resplit
 from tests.conftest import require_dataset
 
 GOOD_ROWS = [(0, 0, 0), (0, 1, 0), (0, 2, 1), (1, 1, 0), (1, 2, 2), (2, 0, 0), (2, 2, 0), (2, 1, 1), (0, 3, 2)]
@@ -161,3 +161,65 @@ def test_real_baby():
     data = MMRecAtomic(str(root), "baby").load()
     assert (data.n_users, data.n_items) == (19445, 7050)
     assert (data.train.nnz, data.valid.nnz, data.test.nnz) == (118551, 21682, 20559)
+
+
+class _Fixed(DatasetSource):
+    """A source that returns the data it was given."""
+
+    def __init__(self, data: InteractionData) -> None:
+        self.data = data
+
+    def fingerprint(self) -> str:
+        return "fixed"
+
+    def load(self) -> InteractionData:
+        return self.data
+
+
+def test_resplit_holds_out_one_item_of_each_user_with_two_or_more():
+    # pooled degrees 3, 1, 2, 4, 2, 5, 2: users 0 and 2-6 (six users) hold one item out; round(6 / 3) = 2 to valid
+    pairs = {0: [0, 1, 2], 1: [3], 2: [4, 5], 3: [0, 2, 4, 6], 4: [1, 7], 5: [2, 3, 5, 6, 7], 6: [0, 7]}
+    rows = np.array([u for u, items in pairs.items() for _ in items])
+    cols = np.array([i for items in pairs.values() for i in items])
+    pooled = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(7, 8))
+    mask = np.zeros(len(rows), dtype=bool)
+    mask[[2, 4]] = True  # the source's own split: two entries in valid, one in test, the rest in train
+    test_mask = np.zeros(len(rows), dtype=bool)
+    test_mask[8] = True
+
+    def part(keep):
+        return sp.csr_matrix((np.ones(keep.sum(), dtype=np.float32), (rows[keep], cols[keep])), shape=(7, 8))
+    features = {"image": np.arange(16, dtype=np.float32).reshape(8, 2)}
+    source = _Fixed(InteractionData(part(~mask & ~test_mask), part(mask), part(test_mask), features, "tiny"))
+    data = Resplit(source, seed=5).load()
+    train, valid, test = data.train, data.valid, data.test
+    assert (train + valid + test - pooled).nnz == 0 and (train + valid + test).max() == 1  # a partition of the pool
+    held = np.diff(valid.indptr) + np.diff(test.indptr)
+    assert held.tolist() == [1, 0, 1, 1, 1, 1, 1]
+    assert (np.diff(valid.indptr) > 0).sum() == 2 and (np.diff(test.indptr) > 0).sum() == 4
+    assert np.diff(train.indptr).tolist() == [2, 1, 1, 3, 1, 4, 1]
+    assert data.features["image"] is features["image"] and data.source.startswith("tiny")
+    again, other = Resplit(source, seed=5).load(), Resplit(source, seed=6).load()
+    assert (again.valid != valid).nnz == 0 and (again.test != test).nnz == 0  # seeded
+    assert (other.valid != valid).nnz + (other.test != test).nnz > 0
+    assert Resplit(source, seed=5).fingerprint() == "fixed-resplit5"
+    with pytest.raises(DataFormatError, match="valid_share"):
+        Resplit(source, valid_share=1.0)
+    with pytest.raises(DataFormatError, match="min_interactions"):
+        Resplit(source, min_interactions=1)
+
+
+def test_resplit_of_real_tiktok():
+    root = require_dataset("tiktok")
+    published = DiffMMPickles(str(root)).load()
+    data = Resplit(DiffMMPickles(str(root)), seed=7).load()
+    pooled = published.train + published.valid + published.test
+    assert (data.train + data.valid + data.test - pooled).nnz == 0
+    holding = int((np.diff(pooled.indptr) >= 2).sum())
+    assert holding == 9297  # every user but the 11 with one interaction
+    assert data.valid.nnz == round(holding / 3) == 3099 and data.test.nnz == holding - 3099
+    assert np.diff(data.valid.indptr).max() == 1 and np.diff(data.test.indptr).max() == 1
+    assert np.diff(data.train.indptr).min() == 1  # every user keeps a training interaction
+    # a new draw: few validation items are the published ones (383 of 3,099 at seed 7, users of two or three
+    # items often drawing the same), against all of them were the draw the published one
+    assert data.valid.multiply(published.valid).nnz < 0.2 * data.valid.nnz
