@@ -97,3 +97,21 @@ def quiet_third_party_notices() -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, _DropNotices) for f in handler.filters):
             handler.addFilter(_DropNotices())
+
+
+def available_memory_bytes(device="cpu") -> int:
+    """Memory a new allocation can take now: the free memory of a CUDA device, else the host's available
+    memory (``MemAvailable`` in ``/proc/meminfo`` on Linux, free physical pages elsewhere)."""
+    import torch  # not at import time: the allocator tuning above must come before torch's first allocations
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))

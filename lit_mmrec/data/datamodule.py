@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -23,8 +24,13 @@ from lit_mmrec.data.interactions import InteractionData, user_degree_summary
 from lit_mmrec.data.readers import DatasetSource
 from lit_mmrec.data.sampling import BPRTriplets, RankingBatches, ShardedBatches
 from lit_mmrec.data.synthetic import Synthetic
+from lit_mmrec.runtime import available_memory_bytes
 
 log = logging.getLogger(__name__)
+
+AUTO_EVAL_SHARE = 0.25  # with eval_batch_size auto, the share of the available memory one score block may take
+AUTO_EVAL_COPIES = 3  # float32 users x items blocks alive at once while a batch is ranked (scores, mask, top-k)
+AUTO_EVAL_MAX_USERS = 8192  # larger blocks rank no faster
 
 
 class RecDataModule(L.LightningDataModule):
@@ -42,7 +48,8 @@ class RecDataModule(L.LightningDataModule):
         cache_dir: where KNN graphs are cached (default ``$LIT_MMREC_CACHE`` or ``~/.cache/lit_mmrec``);
             set ``use_cache: false`` to always rebuild.
         train_batch_size: BPR triplets per training step.
-        eval_batch_size: users per full-ranking batch.
+        eval_batch_size: users per full-ranking batch; ``auto`` fits the batch to the memory available on the
+            evaluating device at setup (a quarter of it for three float32 rows of n_items per user, at most 8,192).
         predict_top_k: how many items ``lit_mmrec predict`` writes per user.
         seed: seed of the negative sampler.
     """
@@ -60,7 +67,7 @@ class RecDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         use_cache: bool = True,
         train_batch_size: int = 2048,
-        eval_batch_size: int = 1024,
+        eval_batch_size: int | Literal["auto"] = 1024,
         predict_top_k: int = 20,
         seed: int = 0,
     ) -> None:
@@ -134,10 +141,25 @@ class RecDataModule(L.LightningDataModule):
             features={name: torch.from_numpy(features) for name, features in data.features.items()},
         )
         self.train_set = BPRTriplets(data.train, self.train_batch_size, seed=self.seed)
+        users = self.eval_users_per_batch()
         self._ranking = {
-            "valid": RankingBatches.for_split(data.train, data.valid, self.eval_batch_size),
-            "test": RankingBatches.for_split(data.train + data.valid, data.test, self.eval_batch_size),
+            "valid": RankingBatches.for_split(data.train, data.valid, users),
+            "test": RankingBatches.for_split(data.train + data.valid, data.test, users),
         }
+
+    def eval_users_per_batch(self) -> int:
+        """Users per full-ranking batch: ``eval_batch_size``, or with ``auto`` as many as fit
+        ``AUTO_EVAL_COPIES`` float32 rows of n_items per user into ``AUTO_EVAL_SHARE`` of the memory available
+        now on the device the trainer evaluates on (the host without a trainer)."""
+        if self.eval_batch_size != "auto":
+            return int(self.eval_batch_size)
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        free = available_memory_bytes(device)
+        users = int(min(AUTO_EVAL_MAX_USERS, max(1, AUTO_EVAL_SHARE * free // (AUTO_EVAL_COPIES * 4 * self.n_items))))
+        log.info("eval_batch_size auto: %d users per ranking batch (%.1f GB available on %s, %d items)",
+                 users, free / 1e9, device, self.n_items)
+        return users
 
     def reseed_train_sampling(self, epoch: int, rank: int) -> None:
         """Called at each epoch start: negatives become a function of (seed, epoch, rank)."""
@@ -172,4 +194,4 @@ class RecDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         users = np.arange(self.data.n_users, dtype=np.int64)
-        return self._ranking_loader(RankingBatches(users, self.data.train, None, self.eval_batch_size))
+        return self._ranking_loader(RankingBatches(users, self.data.train, None, self.eval_users_per_batch()))

@@ -47,3 +47,23 @@ def test_test_batches_exclude_train_and_valid(tiny_datamodule: RecDataModule):
 def test_predict_covers_all_users(tiny_datamodule: RecDataModule):
     users = torch.cat([batch.users for batch in tiny_datamodule.predict_dataloader()])
     assert users.tolist() == list(range(60))
+
+
+def test_auto_eval_batch_size_fits_the_available_memory(tiny_source, tmp_path, monkeypatch):
+    """With ``auto``, a batch holds a quarter of the available memory at three float32 rows of 40 items per
+    user: 192,000 bytes give 100 users, 19,200 give 10 (so the 31 or so validation users come in 4 batches),
+    and a huge host is capped at 8,192 users per batch."""
+    import lit_mmrec.data.datamodule as module
+
+    dm = RecDataModule(tiny_source, cache_dir=str(tmp_path), eval_batch_size="auto")
+    monkeypatch.setattr(module, "available_memory_bytes", lambda device: 192_000)
+    assert dm.eval_users_per_batch() == 100
+    monkeypatch.setattr(module, "available_memory_bytes", lambda device: 19_200)
+    dm.setup("fit")
+    sizes = [len(batch.users) for batch in dm.val_dataloader()]
+    assert max(sizes) == 10 and sum(sizes) == (dm.data.valid.getnnz(axis=1) > 0).sum()
+    monkeypatch.setattr(module, "available_memory_bytes", lambda device: 10**15)
+    assert dm.eval_users_per_batch() == 8192
+    monkeypatch.setattr(module, "available_memory_bytes", lambda device: 1)
+    assert dm.eval_users_per_batch() == 1
+    assert RecDataModule(tiny_source, cache_dir=str(tmp_path), eval_batch_size=7).eval_users_per_batch() == 7
