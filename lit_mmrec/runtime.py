@@ -3,12 +3,10 @@ tensor is allocated, and the distributed process group released once the subcomm
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
-from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -17,13 +15,6 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
 _MMAP_THRESHOLD = 32 * 1024**2  # glibc's ceiling for this parameter on 64-bit
 _TRIM_THRESHOLD = 1024**3
 _TOP_PAD = 64 * 1024**2
-_DEFAULT_MMAP_MAX = 65536  # glibc's own limit on mmap-ed blocks
-
-
-class _Allocator:
-    """glibc's ``mallopt`` once :func:`keep_freed_memory_for_reuse` has applied its tuning to this process."""
-
-    mallopt = None
 
 
 def keep_freed_memory_for_reuse() -> bool:
@@ -52,32 +43,7 @@ def keep_freed_memory_for_reuse() -> bool:
         (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
         (_M_TOP_PAD, _TOP_PAD)))
     log.debug("glibc malloc tuning %s", "applied" if applied else "refused")
-    if applied:
-        _Allocator.mallopt = mallopt
     return applied
-
-
-@contextlib.contextmanager
-def large_blocks_from_mmap() -> Iterator[None]:
-    """Inside, blocks of 32 MiB and more are mapped and unmapped again (glibc's default), not kept.
-
-    Under :func:`keep_freed_memory_for_reuse` every block comes from the heap, which pays when a step frees
-    and allocates the same sizes again. A loop whose large temporaries change size from one round to the
-    next (graph generation's blocks of dense user rows, their sorts and top-k) leaves holes the next round
-    cannot fill and the heap keeps growing: DASRec's first graph generation at Electronics scale
-    (192,403 users x 63,001 items) passed 20 GB that way, against 3.3-4.7 GB under glibc's defaults.
-    A block mapped inside is unmapped when freed, also after the context. Does nothing where the tuning
-    was not applied.
-    """
-    mallopt = _Allocator.mallopt
-    if mallopt is None:
-        yield
-        return
-    mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-    try:
-        yield
-    finally:
-        mallopt(_M_MMAP_MAX, 0)
 
 
 def release_process_group() -> bool:

@@ -49,38 +49,6 @@ def test_freed_tables_larger_than_the_mmap_ceiling_are_reused_without_page_fault
     assert faults("1") < pages // 20  # tuned: freed heap blocks are reused as they are
 
 
-_GROWING_BLOCKS = """
-import sys, torch
-from lit_mmrec.runtime import keep_freed_memory_for_reuse, large_blocks_from_mmap
-keep_freed_memory_for_reuse()
-def resident_mb():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 1e6
-pins = []
-context = large_blocks_from_mmap() if sys.argv[1] == "mmap" else __import__("contextlib").nullcontext()
-start = resident_mb()
-with context:
-    for i in range(12):  # each round a slightly larger temporary, then a small tensor that stays
-        block = torch.ones((40 + i) * 1024**2 // 4)
-        pins.append(torch.ones(1024))
-        del block
-print(resident_mb() - start)
-"""
-
-
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_large_blocks_from_mmap_stops_the_heap_growing_under_temporaries_that_change_size():
-    def growth(mode: str) -> float:
-        env = {**os.environ, "LIT_MMREC_MALLOC_TUNING": "1", "OMP_NUM_THREADS": "1"}
-        result = subprocess.run([sys.executable, "-c", _GROWING_BLOCKS, mode], env=env, capture_output=True,
-                                text=True, check=True)
-        return float(result.stdout.split()[-1])
-
-    # kept on the heap, each freed block is a hole below a pinned tensor that the next, larger block cannot
-    # fill: about 12 blocks of 40-51 MiB stay resident; mapped, each is returned when freed
-    assert growth("heap") > 8 * 40 * 1.048
-    assert growth("mmap") < 2 * 40 * 1.048
-
-
 @pytest.mark.skipif(not dist.is_available(), reason="torch built without torch.distributed")
 def test_release_process_group_destroys_a_live_gloo_group_once(tmp_path):
     assert release_process_group() is False  # nothing to release

@@ -15,7 +15,6 @@ from torch import nn
 from lit_mmrec.models.components.diffusion import GaussianDiffusion, MLPDenoiser, fast_reverse, linear_noise_schedule
 from lit_mmrec.models.components.precision import ProductPrecision
 from lit_mmrec.models.components.propagation import csr_rows, dense_rows, entry_rows
-from lit_mmrec.runtime import large_blocks_from_mmap
 
 ThresholdOn = Literal["similarity", "prediction"]
 SparsityReference = Literal["n_items", "max_degree"]
@@ -335,12 +334,7 @@ class ModalityGraphGenerator(nn.Module):
         """Generates, stores in ``edges`` and returns the edges [2, E] (users; items) of each modality graph:
         the candidates of :meth:`candidate_scores` whose score reaches ``similarity_threshold``. Also fills
         ``peaks`` and ``stats`` (edges, users with an edge, score quantiles, distinct candidates, and the
-        denoiser diagnostics of :meth:`diagnostics`). The blocks' large temporaries are mapped and unmapped
-        (:func:`~lit_mmrec.runtime.large_blocks_from_mmap`) so that they do not fragment the heap."""
-        with large_blocks_from_mmap():
-            return self._generate(features)
-
-    def _generate(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        denoiser diagnostics of :meth:`diagnostics`)."""
         kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in self.modalities}
         scores: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
         candidates = {m: torch.zeros(self.n_items, dtype=torch.bool, device=self.user_sparsity.device)
