@@ -335,21 +335,26 @@ class ModalityGraphGenerator(nn.Module):
         the candidates of :meth:`candidate_scores` whose score reaches ``similarity_threshold``. Also fills
         ``peaks`` and ``stats`` (edges, users with an edge, score quantiles, distinct candidates, and the
         denoiser diagnostics of :meth:`diagnostics`)."""
-        kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in self.modalities}
-        scores: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
-        candidates = {m: torch.zeros(self.n_items, dtype=torch.bool, device=self.user_sparsity.device)
-                      for m in self.modalities}
+        # every block's results go into tensors allocated before the first block, so that nothing a block
+        # keeps lands in the holes its temporaries leave: each block then reuses the same heap blocks (under
+        # keep_freed_memory_for_reuse, results kept per block fragmented the heap past 20 GB at Electronics)
+        device = self.user_sparsity.device
+        shape = (self.n_users, self.graph_top_k)
+        items = {m: torch.empty(shape, dtype=torch.long, device=device) for m in self.modalities}
+        scores = {m: torch.empty(shape, device=device) for m in self.modalities}
         for users, block in self.candidate_scores(features):
-            for modality, (items, score) in block.items():
-                keep = score >= self.similarity_threshold
-                kept[modality].append((users.unsqueeze(1).expand_as(items)[keep], items[keep]))
-                scores[modality].append(score.flatten())
-                candidates[modality][items.flatten()] = True
-        edges = {m: torch.stack([torch.cat([u for u, _ in kept[m]]), torch.cat([i for _, i in kept[m]])])
-                 for m in self.modalities}
+            for modality, (block_items, block_scores) in block.items():
+                items[modality].index_copy_(0, users, block_items)
+                scores[modality].index_copy_(0, users, block_scores.to(scores[modality].dtype))
+        edges, candidates = {}, {}
+        for modality in self.modalities:
+            users, slots = (scores[modality] >= self.similarity_threshold).nonzero(as_tuple=True)
+            edges[modality] = torch.stack([users, items[modality][users, slots]])
+            candidates[modality] = torch.zeros(self.n_items, dtype=torch.bool, device=device)
+            candidates[modality][items[modality].flatten()] = True
         self.stats = {}
         for modality, (users, _) in edges.items():
-            score = torch.cat(scores[modality]).float()
+            score = scores[modality].flatten()
             q10, q50, q90 = score.quantile(score.new_tensor([0.1, 0.5, 0.9])).tolist()
             self.peaks[modality] = float(score.max())
             self.stats[modality] = {
