@@ -10,7 +10,9 @@ place of the experiment's, and measures three stages in order:
 * ``epoch``: one training epoch with the model's epoch hooks (graph generation and rebuilds), no validation;
   with ``--train-steps N`` only its first N steps, and the row gives the full epoch's projected seconds:
   the time before the first step (the epoch-start hooks, such as graph generation) plus the mean step time
-  times the epoch's number of steps;
+  times the epoch's number of steps. The epoch is stopped after step N rather than shortened, so that each
+  step does a full epoch's step of work (DASRec and DiffMM spread every user's diffusion over the epoch's
+  steps: in an epoch cut to 40 steps each step would diffuse 16 times the users);
 * ``validation``: one full-ranking validation pass over every validation user.
 
 Each stage reports its seconds and the process's peak RSS so far (``ru_maxrss``: it includes the stages
@@ -71,8 +73,9 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
 
 
-def child(config: Path, data: Path, extra: list[str]) -> None:
-    """Runs the three stages, printing one JSON line per finished stage."""
+def child(config: Path, data: Path, extra: list[str], train_steps: int = 0) -> None:
+    """Runs the three stages, printing one JSON line per finished stage; with ``train_steps`` the epoch stops
+    after that many steps."""
     import lightning as L
     import torch
 
@@ -88,6 +91,8 @@ def child(config: Path, data: Path, extra: list[str]) -> None:
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             self.last = time.perf_counter()
+            if train_steps and batch_idx + 1 >= train_steps:
+                trainer.should_stop = True
 
     from lit_mmrec.lightning_cli import build_cli
     from lit_mmrec.runtime import keep_freed_memory_for_reuse
@@ -151,9 +156,9 @@ def measure(model: str, scale: str, args: argparse.Namespace, extra: list[str]) 
             raise SystemExit(f"scaling: {path} does not exist; check {what}")
     cache = args.output / "cache" / data.stem  # the first model at a scale builds the KNN graphs, later ones read them
     cached = cache.is_dir() and any(cache.iterdir())
-    steps = [f"--trainer.limit_train_batches={args.train_steps}"] if getattr(args, "train_steps", None) else []
-    command = [sys.executable, __file__, "--child", str(config), str(data), "--", f"--data.cache_dir={cache}",
-               *steps, *extra]
+    steps = str(getattr(args, "train_steps", None) or 0)
+    command = [sys.executable, __file__, "--child", str(config), str(data), steps, "--", f"--data.cache_dir={cache}",
+               *extra]
     row: dict = {"model": model, "scale": scale, "config": str(config.relative_to(REPO_ROOT)
                  if config.is_relative_to(REPO_ROOT) else config), "status": "finished", "knn_cached": cached}
     start, rss_seen = time.monotonic(), 0.0
@@ -272,8 +277,8 @@ def write_outputs(rows: list[dict], output: Path) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        config, data, *rest = sys.argv[2:]
-        child(Path(config), Path(data), [a for a in rest if a != "--"])
+        config, data, steps, *rest = sys.argv[2:]
+        child(Path(config), Path(data), [a for a in rest if a != "--"], int(steps))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
