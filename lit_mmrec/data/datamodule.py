@@ -150,13 +150,19 @@ class RecDataModule(L.LightningDataModule):
     def eval_users_per_batch(self) -> int:
         """Users per full-ranking batch: ``eval_batch_size``, or with ``auto`` as many as fit
         ``AUTO_EVAL_COPIES`` float32 rows of n_items per user into ``AUTO_EVAL_SHARE`` of the memory available
-        now on the device the trainer evaluates on (the host without a trainer)."""
+        now on the device the trainer evaluates on (the host without a trainer); under several processes the
+        smallest of their sizes, so that all of them cut the users into the same batches."""
         if self.eval_batch_size != "auto":
             return int(self.eval_batch_size)
         trainer = self.trainer
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         free = available_memory_bytes(device)
         users = int(min(AUTO_EVAL_MAX_USERS, max(1, AUTO_EVAL_SHARE * free // (AUTO_EVAL_COPIES * 4 * self.n_items))))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every process must cut the users into the same batches (ShardedBatches deals them out by index)
+            agreed = torch.tensor(users, device=device)
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+            users = int(agreed)
         log.info("eval_batch_size auto: %d users per ranking batch (%.1f GB available on %s, %d items)",
                  users, free / 1e9, device, self.n_items)
         return users

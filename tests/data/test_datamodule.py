@@ -67,3 +67,33 @@ def test_auto_eval_batch_size_fits_the_available_memory(tiny_source, tmp_path, m
     monkeypatch.setattr(module, "available_memory_bytes", lambda device: 1)
     assert dm.eval_users_per_batch() == 1
     assert RecDataModule(tiny_source, cache_dir=str(tmp_path), eval_batch_size=7).eval_users_per_batch() == 7
+
+
+def _auto_size_worker(rank: int, port: int, results) -> None:
+    import torch.distributed as dist
+
+    import lit_mmrec.data.datamodule as module
+    from lit_mmrec.data import Synthetic
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        module.available_memory_bytes = lambda device: (19_200, 192_000)[rank]  # 10 and 100 users on their own
+        dm = RecDataModule(Synthetic(n_users=60, n_items=40, n_interactions=900, seed=3), eval_batch_size="auto",
+                           use_cache=False)
+        results.put((rank, dm.eval_users_per_batch()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_auto_eval_batch_size_is_the_smallest_over_processes():
+    """Under DDP every process must cut the users into the same batches: both take the smaller size."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_auto_size_worker, args=(port, results), nprocs=2, start_method="spawn")
+    assert sorted(results.get() for _ in range(2)) == [(0, 10), (1, 10)]
